@@ -1,0 +1,57 @@
+//! Wires the layers together: store, upstream client, tools, chat service
+//! and router.
+
+use std::sync::Arc;
+
+use crate::chat::ChatService;
+use crate::config::Config;
+use crate::llm::{LlmClient, LlmError};
+use crate::store::{Store, StoreError};
+use crate::tools::ToolRegistry;
+
+/// Errors while starting chatd.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Llm(#[from] LlmError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server error: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A ready-to-serve chatd.
+pub struct App {
+    pub chat: Arc<ChatService>,
+    pub router: axum::Router,
+}
+
+impl App {
+    /// Opens and migrates the database, marks replies left `streaming` by a
+    /// previous process as `interrupted`, and builds the router with the
+    /// built-in tools.
+    pub async fn build(config: Config) -> Result<Self, AppError> {
+        Self::build_with_tools(config, ToolRegistry::with_builtins()).await
+    }
+
+    /// Like [`App::build`] with a caller-supplied tool registry.
+    pub async fn build_with_tools(config: Config, tools: ToolRegistry) -> Result<Self, AppError> {
+        let store = Store::open(&config.database_url).await?;
+        let interrupted = store.mark_interrupted().await?;
+        if interrupted > 0 {
+            tracing::warn!(
+                count = interrupted,
+                "marked replies left streaming by the last run as interrupted"
+            );
+        }
+        let llm = LlmClient::new(&config.llm)?;
+        let chat = Arc::new(ChatService::new(store, llm, Arc::new(tools), Arc::new(config)));
+        let router = crate::http::router(chat.clone());
+        Ok(Self { chat, router })
+    }
+}

@@ -1,0 +1,129 @@
+//! The typed events of one reply, in the order a client receives them:
+//! `start`, any number of `process_step`, then exactly one `done` or `error`.
+//!
+//! Each event serializes to the JSON `data` of one SSE event whose name is
+//! [`ChatEvent::name`]. The chat module never sees HTTP; the http module
+//! frames these as SSE.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// One event of a reply.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum ChatEvent {
+    Start(StartEvent),
+    Step(StepEvent),
+    Done(DoneEvent),
+    Error(ErrorEvent),
+}
+
+impl ChatEvent {
+    /// The SSE event name: `start`, `process_step`, `done` or `error`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ChatEvent::Start(_) => "start",
+            ChatEvent::Step(_) => "process_step",
+            ChatEvent::Done(_) => "done",
+            ChatEvent::Error(_) => "error",
+        }
+    }
+
+    /// Whether this is the last event of a reply (`done` or `error`).
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, ChatEvent::Done(_) | ChatEvent::Error(_))
+    }
+}
+
+/// `start`: the reply has begun; its rows exist in the database.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StartEvent {
+    pub conversation_id: Uuid,
+    pub user_message_id: Uuid,
+    /// Id of the assistant message being generated.
+    pub message_id: Uuid,
+    pub model: String,
+}
+
+/// `process_step`: one step of the reply. Deltas of one thinking or text
+/// block share `id` and `index`; every tool call and tool result is a step of
+/// its own. `index` is unique and increases across every round of the loop;
+/// `id` is `"step-{index}"`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StepEvent {
+    pub id: String,
+    pub index: u32,
+    #[serde(flatten)]
+    pub kind: StepKind,
+}
+
+/// What a step carries. Thinking and text carry either `delta` (the new text,
+/// in events) or `content` (everything so far: stored steps and the
+/// `accumulated` stream mode).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StepKind {
+    Thinking {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        delta: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        content: Option<String>,
+    },
+    Text {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        delta: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        content: Option<String>,
+    },
+    /// A fully assembled tool call, sent before it runs.
+    ToolCall {
+        /// The tool call id (the upstream's, or `call_<uuid>` if it sent none).
+        id_ref: String,
+        name: String,
+        /// The arguments as JSON text, exactly as the model produced them.
+        arguments: String,
+    },
+    /// The result of the tool call `id_ref`.
+    ToolResult {
+        id_ref: String,
+        name: String,
+        /// Output text, or an error text the model can act on.
+        content: String,
+        success: bool,
+        /// Wall time of the call in ms.
+        duration_ms: u64,
+    },
+}
+
+/// Token counts summed over every round of the reply (OpenAI `usage` shape).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct UsageTotals {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+}
+
+/// `done`: the reply ended normally (or was cancelled) and is stored.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DoneEvent {
+    pub conversation_id: Uuid,
+    pub message_id: Uuid,
+    /// The last round's upstream finish_reason (`stop`, `length`, ...), or
+    /// `cancelled`.
+    pub finish_reason: String,
+    pub usage: UsageTotals,
+    /// The conversation's title when this reply created the conversation;
+    /// `null` otherwise.
+    pub suggested_title: Option<String>,
+}
+
+/// `error`: the reply failed; what was produced before is stored.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ErrorEvent {
+    /// Stable code: `upstream_unavailable`, `rate_limited`,
+    /// `upstream_timeout`, `upstream_error`, `max_iterations` or `internal`.
+    pub code: String,
+    pub message: String,
+    /// Whether sending the same message again may succeed.
+    pub retryable: bool,
+}

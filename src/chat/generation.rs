@@ -1,0 +1,367 @@
+//! One reply, run as its own task: the tool loop.
+//!
+//! Each round streams the model's answer, turning deltas into events as they
+//! arrive. If the round asked for tools, the calls run (in parallel, with
+//! timeouts), their results join the history and the next round starts; a
+//! round without tool calls ends the reply. The final state is written to the
+//! store before the terminal event is published, so a client that saw `done`
+//! can read the stored message.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use super::assemble::ToolCallAssembler;
+use super::events::{ChatEvent, DoneEvent, ErrorEvent, StartEvent, UsageTotals};
+use super::history;
+use super::log::Reply;
+use super::steps::StepRecorder;
+use super::think::{Piece, ThinkSplitter};
+use super::{Deps, Settings};
+use crate::config::ThinkingStyle;
+use crate::llm::{
+    ChatRequest, FunctionDefinition, LlmError, RequestMessage, StreamItem, StreamOptions, ToolCall, ToolDefinition,
+};
+use crate::store::{FinalReply, Status};
+use crate::tools::executor::{self, Limits};
+
+/// Why a reply stopped before a normal end.
+#[derive(Debug)]
+enum Stop {
+    Cancelled,
+    Llm(LlmError),
+    MaxIterations(u32),
+    Internal(String),
+}
+
+impl Stop {
+    fn event(&self) -> ErrorEvent {
+        let (code, message, retryable) = match self {
+            Stop::Llm(LlmError::Unavailable(m)) => ("upstream_unavailable", m.clone(), true),
+            Stop::Llm(e @ LlmError::RateLimited { .. }) => ("rate_limited", e.to_string(), true),
+            Stop::Llm(e @ LlmError::Timeout(_)) => ("upstream_timeout", e.to_string(), true),
+            Stop::Llm(LlmError::Upstream(m)) => ("upstream_error", m.clone(), false),
+            Stop::MaxIterations(n) => (
+                "max_iterations",
+                format!("the model was still calling tools after {n} rounds; the reply was stopped"),
+                false,
+            ),
+            Stop::Internal(m) => ("internal", m.clone(), false),
+            Stop::Cancelled => ("cancelled", "the reply was cancelled".to_string(), false),
+        };
+        ErrorEvent {
+            code: code.to_string(),
+            message,
+            retryable,
+        }
+    }
+}
+
+/// What one round of the model produced.
+struct Round {
+    calls: Vec<ToolCall>,
+    finish_reason: Option<String>,
+}
+
+/// Everything one reply needs; consumed by [`Generation::run`].
+pub(super) struct Generation {
+    pub deps: Arc<Deps>,
+    pub reply: Arc<Reply>,
+    pub user_message_id: Uuid,
+    pub settings: Settings,
+    pub enabled_tools: Arc<Vec<String>>,
+    pub tool_choice: Option<Value>,
+    pub suggested_title: Option<String>,
+}
+
+impl Generation {
+    /// Runs the reply to its end and publishes every event, the terminal one
+    /// last.
+    pub async fn run(self) {
+        let reply = self.reply.clone();
+        reply.push(ChatEvent::Start(StartEvent {
+            conversation_id: reply.conversation_id,
+            user_message_id: self.user_message_id,
+            message_id: reply.message_id,
+            model: self.settings.model.clone(),
+        }));
+        let mut rec = StepRecorder::default();
+        let mut usage = UsageTotals::default();
+        let result = self.run_loop(&mut rec, &mut usage).await;
+        if let Err(stop) = &result {
+            tracing::warn!(message_id = %reply.message_id, reason = ?stop, "reply stopped");
+        }
+
+        let (status, finish_reason) = match &result {
+            Ok(reason) => (Status::Complete, Some(reason.clone())),
+            Err(Stop::Cancelled) => (Status::Cancelled, Some("cancelled".to_string())),
+            Err(_) => (Status::Error, None),
+        };
+        let error_event = match &result {
+            Err(stop @ (Stop::Llm(_) | Stop::MaxIterations(_) | Stop::Internal(_))) => Some(stop.event()),
+            _ => None,
+        };
+        let final_reply = FinalReply {
+            status,
+            content: rec.content.clone(),
+            reasoning: (!rec.reasoning.is_empty()).then(|| rec.reasoning.clone()),
+            steps: serde_json::to_value(rec.stored()).unwrap_or(Value::Array(vec![])),
+            tool_calls: (!rec.tool_calls.is_empty()).then(|| json!(rec.tool_calls)),
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            finish_reason: finish_reason.clone(),
+            error: error_event
+                .as_ref()
+                .map(|e| json!({"code": e.code, "message": e.message})),
+        };
+        let stored = self
+            .deps
+            .store
+            .finish_reply(reply.message_id, &self.settings.model, &final_reply)
+            .await;
+
+        let terminal = match (stored, error_event, finish_reason) {
+            (Err(e), _, _) => {
+                tracing::error!(message_id = %reply.message_id, error = %e, "could not store the reply");
+                ChatEvent::Error(Stop::Internal("the reply could not be saved".into()).event())
+            }
+            (Ok(()), Some(error), _) => ChatEvent::Error(error),
+            (Ok(()), None, reason) => ChatEvent::Done(DoneEvent {
+                conversation_id: reply.conversation_id,
+                message_id: reply.message_id,
+                finish_reason: reason.unwrap_or_else(|| "stop".to_string()),
+                usage,
+                suggested_title: self.suggested_title.clone(),
+            }),
+        };
+        reply.push(terminal);
+    }
+
+    async fn run_loop(&self, rec: &mut StepRecorder, usage: &mut UsageTotals) -> Result<String, Stop> {
+        let rows = self
+            .deps
+            .store
+            .messages(self.reply.conversation_id)
+            .await
+            .map_err(|e| Stop::Internal(format!("could not load the conversation: {e}")))?;
+        let rows: Vec<_> = rows.into_iter().filter(|r| r.id != self.reply.message_id).collect();
+        let mut messages = history::build(self.settings.system_prompt.as_deref(), &rows);
+        let max_rounds = self.deps.config.chat.max_iterations;
+        let tools = self.tool_definitions();
+
+        for round in 0..max_rounds {
+            rec.next_round(round);
+            let request = self.request(messages.clone(), tools.clone());
+            let Round { calls, finish_reason } = self.stream_round(&request, rec, usage).await?;
+            if calls.is_empty() {
+                return Ok(finish_reason.unwrap_or_else(|| "stop".to_string()));
+            }
+            for call in &calls {
+                self.reply.push(rec.tool_call(call));
+            }
+            messages.push(RequestMessage::Assistant {
+                content: round_text(rec, round),
+                reasoning_content: round_reasoning(rec, round),
+                tool_calls: calls.clone(),
+            });
+            self.run_tools(&calls, rec, &mut messages).await?;
+        }
+        Err(Stop::MaxIterations(max_rounds))
+    }
+
+    /// The tools offered to the model in this reply (OpenAI `tools[]`).
+    fn tool_definitions(&self) -> Vec<ToolDefinition> {
+        self.deps
+            .tools
+            .list()
+            .into_iter()
+            .filter(|t| self.enabled_tools.contains(&t.name))
+            .map(|t| ToolDefinition {
+                kind: "function",
+                function: FunctionDefinition {
+                    name: t.name,
+                    description: t.description,
+                    parameters: t.parameters,
+                },
+            })
+            .collect()
+    }
+
+    /// Builds one round's upstream request.
+    fn request(&self, messages: Vec<RequestMessage>, tools: Vec<ToolDefinition>) -> ChatRequest {
+        let mut extra = Map::new();
+        if let Some(on) = self.settings.thinking {
+            match self.deps.config.llm.thinking_style {
+                ThinkingStyle::ChatTemplateKwargs => {
+                    extra.insert("chat_template_kwargs".into(), json!({ "enable_thinking": on }));
+                }
+                ThinkingStyle::ReasoningEffort => {
+                    extra.insert("reasoning_effort".into(), json!(if on { "medium" } else { "low" }));
+                }
+                ThinkingStyle::None => {}
+            }
+        }
+        ChatRequest {
+            model: self.settings.model.clone(),
+            messages,
+            stream: true,
+            stream_options: Some(StreamOptions { include_usage: true }),
+            temperature: self.settings.temperature,
+            max_tokens: self.settings.max_tokens,
+            tool_choice: if tools.is_empty() {
+                None
+            } else {
+                self.tool_choice.clone()
+            },
+            tools,
+            extra,
+        }
+    }
+
+    /// Streams one round, publishing thinking and text steps as they arrive.
+    async fn stream_round(
+        &self,
+        request: &ChatRequest,
+        rec: &mut StepRecorder,
+        usage: &mut UsageTotals,
+    ) -> Result<Round, Stop> {
+        let cancel = &self.reply.cancel;
+        let mut stream = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Err(Stop::Cancelled),
+            s = self.deps.llm.stream_chat(request) => s.map_err(Stop::Llm)?,
+        };
+        let mut splitter = ThinkSplitter::default();
+        let mut calls = ToolCallAssembler::default();
+        let mut finish_reason = None;
+        let mut round_usage = None;
+        let mut saw_done = false;
+        loop {
+            let item = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Err(Stop::Cancelled),
+                item = stream.next() => item,
+            };
+            let chunk = match item {
+                None => break,
+                Some(Err(e)) => return Err(Stop::Llm(e)),
+                Some(Ok(StreamItem::Done)) => {
+                    saw_done = true;
+                    break;
+                }
+                Some(Ok(StreamItem::Chunk(chunk))) => chunk,
+            };
+            if let Some(u) = chunk.usage {
+                round_usage = Some(u);
+            }
+            for choice in chunk.choices.iter().filter(|c| c.index.unwrap_or(0) == 0) {
+                if let Some(delta) = &choice.delta {
+                    for reasoning in [&delta.reasoning_content, &delta.reasoning].into_iter().flatten() {
+                        if !reasoning.is_empty() {
+                            self.reply.push(rec.thinking(reasoning));
+                        }
+                    }
+                    if let Some(content) = delta.content.as_deref().filter(|c| !c.is_empty()) {
+                        for piece in splitter.push(content) {
+                            self.publish(rec, piece);
+                        }
+                    }
+                    for piece in &delta.tool_calls {
+                        calls.push(piece);
+                    }
+                }
+                if let Some(reason) = choice.finish_reason.as_deref().filter(|r| !r.is_empty()) {
+                    finish_reason = Some(reason.to_string());
+                }
+            }
+        }
+        for piece in splitter.finish() {
+            self.publish(rec, piece);
+        }
+        if let Some(u) = round_usage {
+            usage.prompt_tokens += u.prompt_tokens;
+            usage.completion_tokens += u.completion_tokens;
+            usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
+        }
+        if !saw_done && finish_reason.is_none() {
+            return Err(Stop::Llm(LlmError::Upstream(
+                "the stream ended before the reply finished (no finish_reason and no [DONE])".into(),
+            )));
+        }
+        Ok(Round {
+            calls: calls.finish(),
+            finish_reason,
+        })
+    }
+
+    fn publish(&self, rec: &mut StepRecorder, piece: Piece) {
+        let event = match piece {
+            Piece::Thinking(t) => rec.thinking(&t),
+            Piece::Text(t) => rec.text(&t),
+        };
+        self.reply.push(event);
+    }
+
+    /// Runs a round's calls, publishing each result and appending it to the
+    /// history. Cancelling drops (and so aborts) the calls still running.
+    async fn run_tools(
+        &self,
+        calls: &[ToolCall],
+        rec: &mut StepRecorder,
+        messages: &mut Vec<RequestMessage>,
+    ) -> Result<(), Stop> {
+        let config = &self.deps.config.tools;
+        let limits = Limits {
+            timeout: std::time::Duration::from_millis(config.timeout_ms),
+            concurrency: config.concurrency,
+            max_output_bytes: config.max_output_bytes,
+        };
+        let mut results = executor::run_calls(
+            self.deps.tools.clone(),
+            self.enabled_tools.clone(),
+            calls.to_vec(),
+            limits,
+        );
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = self.reply.cancel.cancelled() => return Err(Stop::Cancelled),
+                next = results.next() => next,
+            };
+            let Some((i, outcome)) = next else { return Ok(()) };
+            let call = &calls[i];
+            messages.push(RequestMessage::Tool {
+                tool_call_id: call.id.clone(),
+                content: outcome.content.clone(),
+            });
+            self.reply
+                .push(rec.tool_result(call, outcome.content, outcome.success, outcome.duration_ms));
+        }
+    }
+}
+
+/// The text the model wrote in `round`, if any.
+fn round_text(rec: &StepRecorder, round: u32) -> Option<String> {
+    round_blocks(rec, round, false)
+}
+
+/// The reasoning the model wrote in `round`, if any.
+fn round_reasoning(rec: &StepRecorder, round: u32) -> Option<String> {
+    round_blocks(rec, round, true)
+}
+
+fn round_blocks(rec: &StepRecorder, round: u32, thinking: bool) -> Option<String> {
+    use super::events::StepKind;
+    let text: String = rec
+        .stored()
+        .iter()
+        .filter(|s| s.round == round)
+        .filter_map(|s| match (&s.step.kind, thinking) {
+            (StepKind::Thinking { content, .. }, true) | (StepKind::Text { content, .. }, false) => content.as_deref(),
+            _ => None,
+        })
+        .collect();
+    (!text.is_empty()).then_some(text)
+}

@@ -1,0 +1,230 @@
+//! The per-reply event log.
+//!
+//! A reply's generation task appends events; any number of subscribers read
+//! them from any position and then follow live, each at its own pace. The
+//! generation never waits for a subscriber, and a subscriber that goes away
+//! costs the generation nothing. Events are serialized to JSON once, when
+//! appended.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::events::ChatEvent;
+use crate::config::OnDisconnect;
+
+/// One event with its position (`seq`, 1-based within the reply) and its
+/// JSON `data`, serialized once.
+#[derive(Debug)]
+pub struct LoggedEvent {
+    pub seq: u64,
+    pub event: ChatEvent,
+    pub data: String,
+}
+
+#[derive(Debug, Default)]
+struct LogState {
+    events: Vec<Arc<LoggedEvent>>,
+    finished: bool,
+}
+
+/// A running or recently finished reply: its event log and its cancel switch.
+#[derive(Debug)]
+pub struct Reply {
+    pub message_id: Uuid,
+    pub conversation_id: Uuid,
+    state: Mutex<LogState>,
+    /// Number of events appended; subscribers wait on changes.
+    len: watch::Sender<usize>,
+    /// Cancels the generation (upstream request and running tools).
+    pub cancel: CancellationToken,
+    subscribers: AtomicUsize,
+    on_disconnect: OnDisconnect,
+}
+
+impl Reply {
+    /// A new, empty reply log.
+    pub fn new(message_id: Uuid, conversation_id: Uuid, on_disconnect: OnDisconnect) -> Self {
+        Self {
+            message_id,
+            conversation_id,
+            state: Mutex::new(LogState::default()),
+            len: watch::Sender::new(0),
+            cancel: CancellationToken::new(),
+            subscribers: AtomicUsize::new(0),
+            on_disconnect,
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, LogState> {
+        // A panic while holding this lock cannot leave the Vec inconsistent.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Appends `event`; returns its seq. Events after a terminal one are
+    /// ignored (returns 0).
+    pub fn push(&self, event: ChatEvent) -> u64 {
+        let data = serde_json::to_string(&event).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "event did not serialize");
+            "{}".to_string()
+        });
+        let len = {
+            let mut state = self.state();
+            if state.finished {
+                return 0;
+            }
+            state.finished = event.is_terminal();
+            let seq = state.events.len() as u64 + 1;
+            state.events.push(Arc::new(LoggedEvent { seq, event, data }));
+            state.events.len()
+        };
+        self.len.send_replace(len);
+        len as u64
+    }
+
+    /// Whether the terminal event has been appended.
+    pub fn is_finished(&self) -> bool {
+        self.state().finished
+    }
+
+    /// Follows the log from the event after `after` (0 = from the start) to
+    /// the terminal event. When the last subscriber of an unfinished reply is
+    /// dropped and the policy is [`OnDisconnect::Cancel`], the reply is
+    /// cancelled.
+    pub fn subscribe(self: &Arc<Self>, after: u64) -> impl Stream<Item = Arc<LoggedEvent>> + Send + 'static {
+        let guard = SubscriberGuard::new(self.clone());
+        let mut rx = self.len.subscribe();
+        let mut next = usize::try_from(after).unwrap_or(usize::MAX);
+        async_stream::stream! {
+            let _guard = guard;
+            loop {
+                let (batch, finished) = {
+                    let state = _guard.reply.state();
+                    let start = next.min(state.events.len());
+                    (state.events[start..].to_vec(), state.finished)
+                };
+                next += batch.len();
+                for event in batch {
+                    yield event;
+                }
+                if finished || rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Counts subscribers and applies the disconnect policy when the last leaves.
+struct SubscriberGuard {
+    reply: Arc<Reply>,
+}
+
+impl SubscriberGuard {
+    fn new(reply: Arc<Reply>) -> Self {
+        reply.subscribers.fetch_add(1, Ordering::SeqCst);
+        Self { reply }
+    }
+}
+
+impl Drop for SubscriberGuard {
+    fn drop(&mut self) {
+        let left = self.reply.subscribers.fetch_sub(1, Ordering::SeqCst) - 1;
+        if left == 0 && self.reply.on_disconnect == OnDisconnect::Cancel && !self.reply.is_finished() {
+            tracing::info!(message_id = %self.reply.message_id, "last client left; cancelling the reply");
+            self.reply.cancel.cancel();
+        }
+    }
+}
+
+/// Replies by assistant message id: running ones, and finished ones for the
+/// retention window.
+#[derive(Debug, Default)]
+pub struct ReplyRegistry {
+    replies: Mutex<HashMap<Uuid, Arc<Reply>>>,
+}
+
+impl ReplyRegistry {
+    fn map(&self) -> MutexGuard<'_, HashMap<Uuid, Arc<Reply>>> {
+        self.replies.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The reply with that message id, if still in memory.
+    pub fn get(&self, message_id: Uuid) -> Option<Arc<Reply>> {
+        self.map().get(&message_id).cloned()
+    }
+
+    /// Registers `reply` unless its conversation already has a running
+    /// reply, which is returned instead.
+    pub fn insert_if_idle(&self, reply: Arc<Reply>) -> Option<Arc<Reply>> {
+        let mut map = self.map();
+        if let Some(running) = map
+            .values()
+            .find(|r| r.conversation_id == reply.conversation_id && !r.is_finished())
+        {
+            return Some(running.clone());
+        }
+        map.insert(reply.message_id, reply);
+        None
+    }
+
+    /// Forgets a reply now.
+    pub fn remove(&self, message_id: Uuid) {
+        self.map().remove(&message_id);
+    }
+
+    /// Forgets the reply after `retention`.
+    pub fn expire(self: &Arc<Self>, message_id: Uuid, retention: Duration) {
+        let registry = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(retention).await;
+            if let Some(registry) = registry.upgrade() {
+                registry.map().remove(&message_id);
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::events::ErrorEvent;
+    use futures::StreamExt;
+
+    fn error() -> ChatEvent {
+        ChatEvent::Error(ErrorEvent {
+            code: "internal".into(),
+            message: "x".into(),
+            retryable: false,
+        })
+    }
+
+    #[tokio::test]
+    async fn subscribers_replay_then_follow() {
+        let reply = Arc::new(Reply::new(Uuid::now_v7(), Uuid::now_v7(), OnDisconnect::Continue));
+        reply.push(error());
+        assert_eq!(reply.push(error()), 0, "nothing after a terminal event");
+        let all: Vec<_> = reply.subscribe(0).collect().await;
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].seq, 1);
+        let none: Vec<_> = reply.subscribe(1).collect().await;
+        assert!(none.is_empty());
+    }
+
+    #[tokio::test]
+    async fn last_subscriber_leaving_cancels_under_cancel_policy() {
+        let reply = Arc::new(Reply::new(Uuid::now_v7(), Uuid::now_v7(), OnDisconnect::Cancel));
+        let a = reply.subscribe(0);
+        let b = reply.subscribe(0);
+        drop(a);
+        assert!(!reply.cancel.is_cancelled());
+        drop(b);
+        assert!(reply.cancel.is_cancelled());
+    }
+}

@@ -1,0 +1,323 @@
+//! The chat loop: [`ChatService`] turns a user's message into a reply that
+//! runs as its own task and publishes typed [`events`] to a per-reply event
+//! log ([`log::Reply`]). HTTP subscribes to that log; this module knows
+//! nothing of HTTP.
+
+mod assemble;
+pub mod events;
+mod generation;
+mod history;
+pub mod log;
+pub mod steps;
+mod think;
+pub mod title;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::llm::LlmClient;
+use crate::store::{Conversation, NewConversation, NewTurn, Store, StoreError};
+use crate::tools::{ToolInfo, ToolRegistry};
+use generation::Generation;
+use log::{Reply, ReplyRegistry};
+
+/// Errors before a reply starts (after that, failures are `error` events).
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    /// A value is out of range or unusable; the text names the field.
+    #[error("{0}")]
+    Invalid(String),
+    /// No conversation has that id.
+    #[error("conversation {0} not found")]
+    ConversationNotFound(Uuid),
+    /// The conversation already has a reply running.
+    #[error("conversation {conversation_id} already has a reply running (message {message_id}); wait for it to finish")]
+    Busy { conversation_id: Uuid, message_id: Uuid },
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What the generation task needs; shared by every reply.
+pub struct Deps {
+    pub store: Store,
+    pub llm: LlmClient,
+    pub tools: Arc<ToolRegistry>,
+    pub config: Arc<Config>,
+}
+
+/// Per-conversation settings a request may set or override. `None` means
+/// "not given".
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SettingsInput {
+    pub model: Option<String>,
+    pub system_prompt: Option<String>,
+    /// 0..=2.
+    pub temperature: Option<f64>,
+    /// At least 1.
+    pub max_tokens: Option<u32>,
+    pub thinking: Option<bool>,
+}
+
+/// The settings in effect for one reply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub model: String,
+    pub system_prompt: Option<String>,
+    pub temperature: Option<f64>,
+    pub max_tokens: Option<u32>,
+    pub thinking: Option<bool>,
+}
+
+/// Which tools the model may call in a reply.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum ToolSelection {
+    /// Every registered tool.
+    #[default]
+    All,
+    /// No tools.
+    None,
+    /// Only these (each must exist).
+    Only(Vec<String>),
+}
+
+/// OpenAI `tool_choice`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolChoice {
+    Auto,
+    None,
+    Required,
+    /// Force a call to this function.
+    Function(String),
+}
+
+impl ToolChoice {
+    fn to_json(&self) -> Value {
+        match self {
+            ToolChoice::Auto => json!("auto"),
+            ToolChoice::None => json!("none"),
+            ToolChoice::Required => json!("required"),
+            ToolChoice::Function(name) => json!({"type": "function", "function": {"name": name}}),
+        }
+    }
+}
+
+/// A user's message and how to answer it.
+#[derive(Debug, Clone, Default)]
+pub struct ChatInput {
+    pub message: String,
+    /// `None` creates a conversation (with `settings` stored on it).
+    pub conversation_id: Option<Uuid>,
+    pub settings: SettingsInput,
+    pub tools: ToolSelection,
+    pub tool_choice: Option<ToolChoice>,
+}
+
+/// Checks the ranges of settings (shared by chat and conversation routes).
+pub fn validate_settings(s: &SettingsInput) -> Result<(), ChatError> {
+    if let Some(t) = s.temperature
+        && !(0.0..=2.0).contains(&t)
+    {
+        return Err(ChatError::Invalid(format!(
+            "temperature must be between 0 and 2, got {t}"
+        )));
+    }
+    if s.max_tokens == Some(0) {
+        return Err(ChatError::Invalid("max_tokens must be at least 1".into()));
+    }
+    if s.model.as_deref().is_some_and(|m| m.trim().is_empty()) {
+        return Err(ChatError::Invalid(
+            "model must not be blank; omit it to use the default".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Starts replies and finds running ones.
+pub struct ChatService {
+    deps: Arc<Deps>,
+    replies: Arc<ReplyRegistry>,
+}
+
+impl ChatService {
+    /// A service over the given store, upstream client, tools and config.
+    pub fn new(store: Store, llm: LlmClient, tools: Arc<ToolRegistry>, config: Arc<Config>) -> Self {
+        Self {
+            deps: Arc::new(Deps {
+                store,
+                llm,
+                tools,
+                config,
+            }),
+            replies: Arc::new(ReplyRegistry::default()),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.deps.store
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.deps.config
+    }
+
+    /// Every registered tool.
+    pub fn tools(&self) -> Vec<ToolInfo> {
+        self.deps.tools.list()
+    }
+
+    /// The reply with that assistant message id, while it is in memory.
+    pub fn reply(&self, message_id: Uuid) -> Option<Arc<Reply>> {
+        self.replies.get(message_id)
+    }
+
+    /// Validates `input`, commits the user message and an empty assistant
+    /// message, and starts the reply as its own task. Returns the reply,
+    /// whose log already holds (or will soon hold) the `start` event.
+    ///
+    /// Errors: [`ChatError::Invalid`] for a blank or over-long message,
+    /// out-of-range settings, unknown tools or a missing model;
+    /// [`ChatError::ConversationNotFound`]; [`ChatError::Busy`] when the
+    /// conversation already has a reply running; [`ChatError::Store`].
+    pub async fn start(&self, input: ChatInput) -> Result<Arc<Reply>, ChatError> {
+        let config = &self.deps.config;
+        if input.message.trim().is_empty() {
+            return Err(ChatError::Invalid("message must not be blank".into()));
+        }
+        let chars = input.message.chars().count();
+        if chars > config.chat.max_message_chars {
+            return Err(ChatError::Invalid(format!(
+                "message is {chars} characters long; the limit is {}",
+                config.chat.max_message_chars
+            )));
+        }
+        validate_settings(&input.settings)?;
+        let enabled = self.enabled_tools(&input.tools)?;
+        if let Some(ToolChoice::Function(name)) = &input.tool_choice
+            && !enabled.contains(name)
+        {
+            return Err(ChatError::Invalid(format!(
+                "tool_choice names {name:?}, which is not among the enabled tools ({})",
+                enabled.join(", ")
+            )));
+        }
+
+        let (conversation, create) = match input.conversation_id {
+            Some(id) => {
+                let c = self
+                    .deps
+                    .store
+                    .conversation(id)
+                    .await?
+                    .ok_or(ChatError::ConversationNotFound(id))?;
+                (c, false)
+            }
+            None => {
+                let s = &input.settings;
+                let new = NewConversation {
+                    title: Some(title::from_message(&input.message)),
+                    model: s.model.clone(),
+                    system_prompt: s.system_prompt.clone(),
+                    temperature: s.temperature,
+                    max_tokens: s.max_tokens,
+                    thinking: s.thinking,
+                };
+                (new.into_conversation(), true)
+            }
+        };
+        let settings = self.effective(&conversation, &input.settings)?;
+
+        let message_id = Uuid::now_v7();
+        let reply = Arc::new(Reply::new(message_id, conversation.id, config.chat.on_disconnect));
+        if let Some(running) = self.replies.insert_if_idle(reply.clone()) {
+            return Err(ChatError::Busy {
+                conversation_id: conversation.id,
+                message_id: running.message_id,
+            });
+        }
+        let turn = NewTurn {
+            conversation: conversation.clone(),
+            create,
+            user_message_id: Uuid::now_v7(),
+            user_content: input.message,
+            assistant_message_id: message_id,
+            model: settings.model.clone(),
+        };
+        let begun = self.deps.store.begin_turn(&turn).await;
+        if !matches!(begun, Ok(true)) {
+            self.replies.remove(message_id);
+            begun?;
+            return Err(ChatError::ConversationNotFound(conversation.id));
+        }
+
+        let generation = Generation {
+            deps: self.deps.clone(),
+            reply: reply.clone(),
+            user_message_id: turn.user_message_id,
+            settings,
+            enabled_tools: Arc::new(enabled),
+            tool_choice: input.tool_choice.as_ref().map(ToolChoice::to_json),
+            suggested_title: if create { conversation.title.clone() } else { None },
+        };
+        let registry = self.replies.clone();
+        let retention = Duration::from_millis(config.chat.replay_retention_ms);
+        let span = tracing::info_span!("reply", conversation_id = %conversation.id, message_id = %message_id);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let started = std::time::Instant::now();
+                generation.run().await;
+                tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "reply finished");
+                registry.expire(message_id, retention);
+            },
+            span,
+        ));
+        Ok(reply)
+    }
+
+    fn enabled_tools(&self, selection: &ToolSelection) -> Result<Vec<String>, ChatError> {
+        let registry = &self.deps.tools;
+        match selection {
+            ToolSelection::All => Ok(registry.names()),
+            ToolSelection::None => Ok(Vec::new()),
+            ToolSelection::Only(names) => {
+                if let Some(unknown) = names.iter().find(|n| !registry.contains(n)) {
+                    return Err(ChatError::Invalid(format!(
+                        "tools names {unknown:?}, which is not a registered tool (known: {})",
+                        registry.names().join(", ")
+                    )));
+                }
+                let mut names = names.clone();
+                names.dedup();
+                Ok(names)
+            }
+        }
+    }
+
+    /// Request settings override the conversation's, which override the
+    /// configured defaults.
+    fn effective(&self, c: &Conversation, s: &SettingsInput) -> Result<Settings, ChatError> {
+        let model = s
+            .model
+            .clone()
+            .or_else(|| c.model.clone())
+            .unwrap_or_else(|| self.deps.config.llm.model.clone());
+        if model.trim().is_empty() {
+            return Err(ChatError::Invalid(
+                "no model: pass \"model\" in the request or set CHATD_LLM_MODEL (llm.model)".into(),
+            ));
+        }
+        Ok(Settings {
+            model,
+            system_prompt: s.system_prompt.clone().or_else(|| c.system_prompt.clone()),
+            temperature: s.temperature.or(c.temperature),
+            max_tokens: s.max_tokens.or(c.max_tokens),
+            thinking: s.thinking.or(c.thinking),
+        })
+    }
+}

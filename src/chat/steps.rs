@@ -1,0 +1,197 @@
+//! Step accounting: numbers the steps of a reply, turns deltas into
+//! `process_step` events, and keeps the merged form that is stored.
+
+use serde::{Deserialize, Serialize};
+
+use super::events::{ChatEvent, StepEvent, StepKind};
+use crate::llm::ToolCall;
+
+/// A step as stored in `messages.steps`: thinking and text steps carry their
+/// full `content`; `round` is the 0-based model round it belongs to, used to
+/// rebuild the history sent upstream.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StoredStep {
+    pub round: u32,
+    #[serde(flatten)]
+    pub step: StepEvent,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Block {
+    Thinking,
+    Text,
+}
+
+/// Builds the steps of one reply.
+#[derive(Debug, Default)]
+pub struct StepRecorder {
+    next_index: u32,
+    round: u32,
+    /// The open thinking/text block: its kind and position in `stored`.
+    open: Option<(Block, usize)>,
+    stored: Vec<StoredStep>,
+    /// Every text delta of the reply, rounds separated by a blank line.
+    pub content: String,
+    /// Every thinking delta of the reply, rounds separated by a blank line.
+    pub reasoning: String,
+    content_round: Option<u32>,
+    reasoning_round: Option<u32>,
+    /// Every tool call of the reply, in order.
+    pub tool_calls: Vec<ToolCall>,
+}
+
+impl StepRecorder {
+    /// Starts the next model round: the open block (if any) is closed.
+    pub fn next_round(&mut self, round: u32) {
+        self.round = round;
+        self.open = None;
+    }
+
+    /// A reasoning delta; returns its `process_step` event.
+    pub fn thinking(&mut self, delta: &str) -> ChatEvent {
+        append_round(&mut self.reasoning, &mut self.reasoning_round, self.round, delta);
+        self.block(Block::Thinking, delta)
+    }
+
+    /// A text delta; returns its `process_step` event.
+    pub fn text(&mut self, delta: &str) -> ChatEvent {
+        append_round(&mut self.content, &mut self.content_round, self.round, delta);
+        self.block(Block::Text, delta)
+    }
+
+    fn block(&mut self, kind: Block, delta: &str) -> ChatEvent {
+        let pos = match self.open {
+            Some((open, pos)) if open == kind => pos,
+            _ => {
+                let kind_value = match kind {
+                    Block::Thinking => StepKind::Thinking {
+                        delta: None,
+                        content: Some(String::new()),
+                    },
+                    Block::Text => StepKind::Text {
+                        delta: None,
+                        content: Some(String::new()),
+                    },
+                };
+                let pos = self.push_stored(kind_value);
+                self.open = Some((kind, pos));
+                pos
+            }
+        };
+        let step = &mut self.stored[pos].step;
+        if let StepKind::Thinking { content: Some(c), .. } | StepKind::Text { content: Some(c), .. } = &mut step.kind {
+            c.push_str(delta);
+        }
+        let delta = Some(delta.to_string());
+        ChatEvent::Step(StepEvent {
+            id: step.id.clone(),
+            index: step.index,
+            kind: match kind {
+                Block::Thinking => StepKind::Thinking { delta, content: None },
+                Block::Text => StepKind::Text { delta, content: None },
+            },
+        })
+    }
+
+    /// A fully assembled tool call; returns its event.
+    pub fn tool_call(&mut self, call: &ToolCall) -> ChatEvent {
+        self.tool_calls.push(call.clone());
+        self.single(StepKind::ToolCall {
+            id_ref: call.id.clone(),
+            name: call.function.name.clone(),
+            arguments: call.function.arguments.clone(),
+        })
+    }
+
+    /// A tool result; returns its event.
+    pub fn tool_result(&mut self, call: &ToolCall, content: String, success: bool, duration_ms: u64) -> ChatEvent {
+        self.single(StepKind::ToolResult {
+            id_ref: call.id.clone(),
+            name: call.function.name.clone(),
+            content,
+            success,
+            duration_ms,
+        })
+    }
+
+    fn single(&mut self, kind: StepKind) -> ChatEvent {
+        self.open = None;
+        let pos = self.push_stored(kind);
+        ChatEvent::Step(self.stored[pos].step.clone())
+    }
+
+    fn push_stored(&mut self, kind: StepKind) -> usize {
+        let index = self.next_index;
+        self.next_index += 1;
+        self.stored.push(StoredStep {
+            round: self.round,
+            step: StepEvent {
+                id: format!("step-{index}"),
+                index,
+                kind,
+            },
+        });
+        self.stored.len() - 1
+    }
+
+    /// The stored steps so far.
+    pub fn stored(&self) -> &[StoredStep] {
+        &self.stored
+    }
+}
+
+/// Appends `delta` to `buf`, with a blank line between rounds.
+fn append_round(buf: &mut String, last_round: &mut Option<u32>, round: u32, delta: &str) {
+    if let Some(last) = *last_round
+        && last != round
+        && !buf.is_empty()
+    {
+        buf.push_str("\n\n");
+    }
+    *last_round = Some(round);
+    buf.push_str(delta);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llm::FunctionCall;
+
+    #[test]
+    fn blocks_share_ids_and_indices_increase() {
+        let mut r = StepRecorder::default();
+        let e1 = r.thinking("a");
+        let e2 = r.thinking("b");
+        let e3 = r.text("c");
+        let call = ToolCall {
+            id: "c1".into(),
+            kind: "function".into(),
+            function: FunctionCall {
+                name: "f".into(),
+                arguments: "{}".into(),
+            },
+        };
+        let e4 = r.tool_call(&call);
+        let e5 = r.tool_result(&call, "ok".into(), true, 3);
+        r.next_round(1);
+        let e6 = r.text("d");
+        let ids: Vec<String> = [e1, e2, e3, e4, e5, e6]
+            .iter()
+            .map(|e| match e {
+                ChatEvent::Step(s) => s.id.clone(),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(ids, ["step-0", "step-0", "step-1", "step-2", "step-3", "step-4"]);
+        assert_eq!(r.content, "c\n\nd");
+        assert_eq!(r.reasoning, "ab");
+        assert_eq!(
+            r.stored()[0].step.kind,
+            StepKind::Thinking {
+                delta: None,
+                content: Some("ab".into())
+            }
+        );
+        assert_eq!(r.stored()[4].round, 1);
+    }
+}

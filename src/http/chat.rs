@@ -1,0 +1,125 @@
+//! `POST /api/chat`: validate, start the reply, answer with its event stream.
+
+use axum::extract::State;
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::ApiJson;
+use super::sse::{StreamMode, sse_response};
+use crate::chat::{ChatInput, SettingsInput, ToolChoice, ToolSelection};
+
+/// Request body of `POST /api/chat`. Unknown fields are rejected (400).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatBody {
+    /// The user's message; not blank, at most `chat.max_message_chars`.
+    pub message: String,
+    /// Absent: create a conversation (storing the settings below on it).
+    #[serde(default)]
+    pub conversation_id: Option<Uuid>,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub system_prompt: Option<String>,
+    /// 0..=2.
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    /// At least 1.
+    #[serde(default)]
+    pub max_tokens: Option<i64>,
+    #[serde(default)]
+    pub thinking: Option<bool>,
+    /// `true` (default: every tool), `false`, or a list of tool names.
+    #[serde(default)]
+    pub tools: Option<Value>,
+    /// `"auto"`, `"none"`, `"required"` or
+    /// `{"type":"function","function":{"name":"..."}}` (OpenAI `tool_choice`).
+    #[serde(default)]
+    pub tool_choice: Option<Value>,
+    /// `"delta"` (default) or `"accumulated"`.
+    #[serde(default)]
+    pub stream_mode: StreamMode,
+}
+
+/// Starts a reply and streams it; see the README's event reference.
+pub async fn post_chat(State(state): State<AppState>, ApiJson(body): ApiJson<ChatBody>) -> Result<Response, ApiError> {
+    let mode = body.stream_mode;
+    let input = body.into_input()?;
+    let reply = state.chat.start(input).await?;
+    Ok(sse_response(reply.subscribe(0), mode, &state.chat.config().chat))
+}
+
+impl ChatBody {
+    fn into_input(self) -> Result<ChatInput, ApiError> {
+        let max_tokens = self
+            .max_tokens
+            .map(|n| {
+                u32::try_from(n).ok().filter(|n| *n >= 1).ok_or_else(|| {
+                    ApiError::validation(format!("max_tokens must be between 1 and {}, got {n}", u32::MAX))
+                })
+            })
+            .transpose()?;
+        Ok(ChatInput {
+            message: self.message,
+            conversation_id: self.conversation_id,
+            settings: SettingsInput {
+                model: self.model,
+                system_prompt: self.system_prompt,
+                temperature: self.temperature,
+                max_tokens,
+                thinking: self.thinking,
+            },
+            tools: parse_tools(self.tools)?,
+            tool_choice: self.tool_choice.map(parse_tool_choice).transpose()?,
+        })
+    }
+}
+
+fn parse_tools(value: Option<Value>) -> Result<ToolSelection, ApiError> {
+    match value {
+        None | Some(Value::Bool(true)) => Ok(ToolSelection::All),
+        Some(Value::Bool(false)) => Ok(ToolSelection::None),
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(s),
+                other => Err(ApiError::invalid_request(format!(
+                    "tools: expected tool names (strings), got {other}"
+                ))),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(ToolSelection::Only),
+        Some(other) => Err(ApiError::invalid_request(format!(
+            "tools: expected true, false or a list of tool names, got {other}"
+        ))),
+    }
+}
+
+fn parse_tool_choice(value: Value) -> Result<ToolChoice, ApiError> {
+    let bad = |v: &Value| {
+        ApiError::invalid_request(format!(
+            "tool_choice: expected \"auto\", \"none\", \"required\" or {{\"type\":\"function\",\"function\":{{\"name\":\"...\"}}}}, got {v}"
+        ))
+    };
+    match &value {
+        Value::String(s) => match s.as_str() {
+            "auto" => Ok(ToolChoice::Auto),
+            "none" => Ok(ToolChoice::None),
+            "required" => Ok(ToolChoice::Required),
+            _ => Err(bad(&value)),
+        },
+        Value::Object(map) => {
+            let is_function = map.get("type").and_then(Value::as_str) == Some("function");
+            let name = map.get("function").and_then(|f| f.get("name")).and_then(Value::as_str);
+            match (is_function, name) {
+                (true, Some(name)) if map.len() == 2 => Ok(ToolChoice::Function(name.to_string())),
+                _ => Err(bad(&value)),
+            }
+        }
+        _ => Err(bad(&value)),
+    }
+}

@@ -1,0 +1,72 @@
+//! Frames a reply's event log as Server-Sent Events.
+//!
+//! Every event has `id:` (its 1-based position in the reply), `event:` (its
+//! name) and `data:` (its JSON). A keep-alive comment is sent at the
+//! configured interval; `X-Accel-Buffering: no` keeps nginx from buffering.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::HeaderValue;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::chat::events::{ChatEvent, StepKind};
+use crate::chat::log::LoggedEvent;
+use crate::config::ChatConfig;
+
+/// How thinking and text steps carry their text.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamMode {
+    /// `delta`: only the new text.
+    #[default]
+    Delta,
+    /// `content`: everything so far in that step.
+    Accumulated,
+}
+
+/// The SSE response for `events`.
+pub fn sse_response(
+    events: impl Stream<Item = Arc<LoggedEvent>> + Send + 'static,
+    mode: StreamMode,
+    config: &ChatConfig,
+) -> Response {
+    let mut so_far: HashMap<String, String> = HashMap::new();
+    let frames = events.map(move |logged| {
+        let data = match mode {
+            StreamMode::Delta => None,
+            StreamMode::Accumulated => accumulate(&mut so_far, &logged.event),
+        };
+        let frame = Event::default()
+            .id(logged.seq.to_string())
+            .event(logged.event.name())
+            .data(data.as_deref().unwrap_or(&logged.data));
+        Ok::<_, Infallible>(frame)
+    });
+    let keep_alive = KeepAlive::new().interval(Duration::from_millis(config.keepalive_interval_ms));
+    let mut response = Sse::new(frames).keep_alive(keep_alive).into_response();
+    response
+        .headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// For a thinking or text delta, the step's JSON with `content` (all text so
+/// far) in place of `delta`.
+fn accumulate(so_far: &mut HashMap<String, String>, event: &ChatEvent) -> Option<String> {
+    let ChatEvent::Step(step) = event else { return None };
+    let (kind, delta) = match &step.kind {
+        StepKind::Thinking { delta: Some(d), .. } => ("thinking", d),
+        StepKind::Text { delta: Some(d), .. } => ("text", d),
+        _ => return None,
+    };
+    let text = so_far.entry(step.id.clone()).or_default();
+    text.push_str(delta);
+    Some(json!({"id": step.id, "index": step.index, "type": kind, "content": text}).to_string())
+}

@@ -1,0 +1,121 @@
+//! The chatd binary: `chatd serve` runs the server, `chatd migrate` applies
+//! database migrations and exits.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use chatd::app::{App, AppError};
+use chatd::config::Config;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "chatd",
+    version,
+    about = "Streams LLM chat replies over SSE with a server-side tool loop"
+)]
+struct Cli {
+    /// TOML config file (see config.example.toml). CHATD_* variables override it.
+    #[arg(long, global = true, env = "CHATD_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP server (creating and migrating the database).
+    Serve {
+        /// Listen address; overrides the config and CHATD_LISTEN.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Create the database if needed, apply migrations and exit.
+    Migrate,
+}
+
+/// How long a shutdown waits for open streams before exiting anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("chatd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chatd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    let mut config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Migrate => {
+            chatd::store::Store::open(&config.database_url).await?;
+            println!("database {} is migrated", config.database_url);
+            Ok(())
+        }
+        Command::Serve { listen } => {
+            if let Some(addr) = listen {
+                config.listen = addr;
+            }
+            serve(config).await.map_err(Into::into)
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<(), AppError> {
+    let addr = config.listen;
+    let model = config.llm.model.clone();
+    let upstream = config.llm.base_url.clone();
+    let app = App::build(config).await?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Bind { addr, source })?;
+    tracing::info!(%addr, %upstream, model = %model, "chatd listening");
+    let server = axum::serve(listener, app.router).with_graceful_shutdown(shutdown_signal());
+    tokio::select! {
+        result = server => result.map_err(AppError::Serve),
+        _ = async { shutdown_signal().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+            tracing::warn!("streams still open after the grace period; exiting");
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}

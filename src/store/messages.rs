@@ -1,0 +1,279 @@
+//! Message rows: a turn's user message and assistant reply are written
+//! together before the upstream is called; the reply is finished at its end.
+
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+use uuid::Uuid;
+
+use super::conversations::{self, Conversation};
+use super::{Store, StoreError, now_ms, parse_id, parse_json, usage};
+
+/// Who wrote a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    User,
+    Assistant,
+}
+
+/// Lifecycle of a stored message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Written in full.
+    Complete,
+    /// The reply is being generated.
+    Streaming,
+    /// The reply ended with an error event; keeps what was produced.
+    Error,
+    /// The reply was cancelled; keeps what was produced.
+    Cancelled,
+    /// The server stopped while the reply ran; keeps what was produced.
+    Interrupted,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+    fn parse(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "user" => Ok(Role::User),
+            "assistant" => Ok(Role::Assistant),
+            other => Err(StoreError::Corrupt(format!("unknown role {other:?}"))),
+        }
+    }
+}
+
+impl Status {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Complete => "complete",
+            Status::Streaming => "streaming",
+            Status::Error => "error",
+            Status::Cancelled => "cancelled",
+            Status::Interrupted => "interrupted",
+        }
+    }
+    fn parse(s: &str) -> Result<Self, StoreError> {
+        Ok(match s {
+            "complete" => Status::Complete,
+            "streaming" => Status::Streaming,
+            "error" => Status::Error,
+            "cancelled" => Status::Cancelled,
+            "interrupted" => Status::Interrupted,
+            other => return Err(StoreError::Corrupt(format!("unknown status {other:?}"))),
+        })
+    }
+}
+
+/// A stored message as the API returns it. JSON columns are passed through.
+#[derive(Debug, Clone, Serialize)]
+pub struct MessageRow {
+    pub id: Uuid,
+    pub conversation_id: Uuid,
+    pub role: Role,
+    /// The text: the user's message, or the reply's text of every round.
+    pub content: String,
+    /// The reply's reasoning ("thinking") text, if any.
+    pub reasoning: Option<String>,
+    /// The reply's steps in order (see the chat module's `StoredStep`).
+    pub steps: Value,
+    /// The reply's tool calls, OpenAI `tool_calls` shape.
+    pub tool_calls: Option<Value>,
+    /// `{prompt_tokens, completion_tokens, total_tokens}` summed over rounds.
+    pub usage: Option<Value>,
+    pub status: Status,
+    /// Upstream finish_reason of the last round, or `cancelled`.
+    pub finish_reason: Option<String>,
+    /// `{code, message}` when status is `error`.
+    pub error: Option<Value>,
+    /// Model that produced the reply.
+    pub model: Option<String>,
+    /// Unix epoch ms (RFC 3339 in JSON).
+    #[serde(serialize_with = "super::rfc3339")]
+    pub created_at: i64,
+    /// Unix epoch ms (RFC 3339 in JSON).
+    #[serde(serialize_with = "super::rfc3339")]
+    pub updated_at: i64,
+}
+
+impl MessageRow {
+    fn from_row(row: &SqliteRow) -> Result<Self, StoreError> {
+        let id: String = row.try_get("id")?;
+        let conversation_id: String = row.try_get("conversation_id")?;
+        let role: String = row.try_get("role")?;
+        let status: String = row.try_get("status")?;
+        let steps: String = row.try_get("steps")?;
+        Ok(Self {
+            id: parse_id(&id)?,
+            conversation_id: parse_id(&conversation_id)?,
+            role: Role::parse(&role)?,
+            content: row.try_get("content")?,
+            reasoning: row.try_get("reasoning")?,
+            steps: parse_json(Some(steps))?.unwrap_or(Value::Null),
+            tool_calls: parse_json(row.try_get("tool_calls")?)?,
+            usage: parse_json(row.try_get("usage")?)?,
+            status: Status::parse(&status)?,
+            finish_reason: row.try_get("finish_reason")?,
+            error: parse_json(row.try_get("error")?)?,
+            model: row.try_get("model")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+        })
+    }
+}
+
+/// The start of a turn: the user's message and the (empty) reply row.
+#[derive(Debug, Clone)]
+pub struct NewTurn {
+    /// The conversation; when `create` is true it is inserted in the same
+    /// transaction, otherwise it must already exist.
+    pub conversation: Conversation,
+    pub create: bool,
+    pub user_message_id: Uuid,
+    pub user_content: String,
+    pub assistant_message_id: Uuid,
+    pub model: String,
+}
+
+/// The end state of a reply.
+#[derive(Debug, Clone)]
+pub struct FinalReply {
+    pub status: Status,
+    pub content: String,
+    pub reasoning: Option<String>,
+    /// JSON array text.
+    pub steps: Value,
+    pub tool_calls: Option<Value>,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub finish_reason: Option<String>,
+    /// `{code, message}` for status `error`.
+    pub error: Option<Value>,
+}
+
+const INSERT_MESSAGE: &str = "INSERT INTO messages \
+    (id, conversation_id, role, content, status, model, created_at, updated_at) \
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?)";
+
+impl Store {
+    /// Commits a turn's user message and its `streaming` assistant row in one
+    /// transaction (creating the conversation if asked). Returns `Ok(false)`
+    /// when the conversation does not exist (and `create` is false).
+    pub async fn begin_turn(&self, turn: &NewTurn) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let conv_id = turn.conversation.id.to_string();
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        if turn.create {
+            conversations::insert(&mut *tx, &turn.conversation).await?;
+        } else {
+            let touched = sqlx::query("UPDATE conversations SET updated_at = max(updated_at, ?) WHERE id = ?")
+                .bind(now)
+                .bind(&conv_id)
+                .execute(&mut *tx)
+                .await?;
+            if touched.rows_affected() == 0 {
+                return Ok(false);
+            }
+        }
+        for (id, role, content, status) in [
+            (
+                turn.user_message_id,
+                Role::User,
+                turn.user_content.as_str(),
+                Status::Complete,
+            ),
+            (turn.assistant_message_id, Role::Assistant, "", Status::Streaming),
+        ] {
+            sqlx::query(INSERT_MESSAGE)
+                .bind(id.to_string())
+                .bind(&conv_id)
+                .bind(role.as_str())
+                .bind(content)
+                .bind(status.as_str())
+                .bind(&turn.model)
+                .bind(now)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Writes a reply's final state and adds its tokens to the usage ledger,
+    /// in one transaction.
+    pub async fn finish_reply(&self, message_id: Uuid, model: &str, reply: &FinalReply) -> Result<(), StoreError> {
+        let now = now_ms();
+        let usage = serde_json::json!({
+            "prompt_tokens": reply.prompt_tokens,
+            "completion_tokens": reply.completion_tokens,
+            "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+        });
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(
+            "UPDATE messages SET status = ?, content = ?, reasoning = ?, steps = ?, tool_calls = ?, \
+             usage = ?, finish_reason = ?, error = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(reply.status.as_str())
+        .bind(&reply.content)
+        .bind(&reply.reasoning)
+        .bind(reply.steps.to_string())
+        .bind(reply.tool_calls.as_ref().map(Value::to_string))
+        .bind(usage.to_string())
+        .bind(&reply.finish_reason)
+        .bind(reply.error.as_ref().map(Value::to_string))
+        .bind(now)
+        .bind(message_id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE conversations SET updated_at = max(updated_at, ?) \
+             WHERE id = (SELECT conversation_id FROM messages WHERE id = ?)",
+        )
+        .bind(now)
+        .bind(message_id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        if reply.prompt_tokens + reply.completion_tokens > 0 {
+            usage::add(&mut *tx, model, reply.prompt_tokens, reply.completion_tokens).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every message of a conversation, oldest first.
+    pub async fn messages(&self, conversation_id: Uuid) -> Result<Vec<MessageRow>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM messages WHERE conversation_id = ? ORDER BY created_at, rowid")
+            .bind(conversation_id.to_string())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(MessageRow::from_row).collect()
+    }
+
+    /// One message, or `None`.
+    pub async fn message(&self, id: Uuid) -> Result<Option<MessageRow>, StoreError> {
+        let row = sqlx::query("SELECT * FROM messages WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(MessageRow::from_row).transpose()
+    }
+
+    /// Marks replies left `streaming` by a previous process as `interrupted`
+    /// (keeping their partial content). Returns how many were marked.
+    pub async fn mark_interrupted(&self) -> Result<u64, StoreError> {
+        let done = sqlx::query("UPDATE messages SET status = 'interrupted', updated_at = ? WHERE status = 'streaming'")
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+}

@@ -1,0 +1,104 @@
+//! SQLite persistence through sqlx: conversations, messages and the
+//! token-usage ledger.
+//!
+//! The schema lives in `migrations/` and is embedded into the binary with
+//! `sqlx::migrate!`, so a fresh database file is created and migrated at start.
+//! Ids are UUIDv7 strings, timestamps Unix epoch milliseconds (UTC).
+
+mod conversations;
+mod messages;
+mod usage;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+pub use conversations::{Conversation, ConversationPatch, NewConversation};
+pub use messages::{FinalReply, MessageRow, NewTurn, Role, Status};
+pub use usage::UsageRow;
+
+/// Errors of the persistence layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed (I/O, lock timeout, constraint).
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    /// Applying the embedded migrations failed.
+    #[error("migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored value could not be decoded (corrupt row or JSON column).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+/// Handle to the database; cheap to clone (a connection pool).
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+/// How long a connection waits for SQLite's write lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Store {
+    /// Opens (creating if missing) the SQLite database at `url` with WAL,
+    /// `synchronous = NORMAL`, a busy timeout and foreign keys on, and applies
+    /// pending migrations.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Applies the migrations embedded from `migrations/`.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::migrate!("./migrations").run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The underlying pool, for health checks and tests.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Runs `SELECT 1`; used by `/readyz`.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+/// Current time as Unix epoch milliseconds.
+pub fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+/// Parses a stored id column.
+fn parse_id(s: &str) -> Result<uuid::Uuid, StoreError> {
+    uuid::Uuid::parse_str(s).map_err(|e| StoreError::Corrupt(format!("bad id {s:?}: {e}")))
+}
+
+/// Parses an optional JSON text column.
+fn parse_json(s: Option<String>) -> Result<Option<serde_json::Value>, StoreError> {
+    s.map(|text| serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("bad JSON column: {e}"))))
+        .transpose()
+}
+
+/// Serializes Unix epoch ms as an RFC 3339 UTC string (API responses).
+fn rfc3339<S: serde::Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+    match jiff::Timestamp::from_millisecond(*ms) {
+        Ok(t) => s.serialize_str(&format!("{t:.3}")),
+        Err(_) => s.serialize_i64(*ms),
+    }
+}
