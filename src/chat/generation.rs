@@ -162,7 +162,7 @@ impl Generation {
                 self.reply.push(rec.tool_call(call));
             }
             messages.push(RequestMessage::Assistant {
-                content: round_text(rec, round),
+                content: round_text(rec, round).unwrap_or_default(),
                 reasoning_content: round_reasoning(rec, round),
                 tool_calls: calls.clone(),
             });

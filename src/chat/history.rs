@@ -51,7 +51,7 @@ fn push_reply(out: &mut Vec<RequestMessage>, row: &MessageRow) {
     if steps.is_empty() {
         if !row.content.is_empty() {
             out.push(RequestMessage::Assistant {
-                content: Some(row.content.clone()),
+                content: row.content.clone(),
                 reasoning_content: None,
                 tool_calls: vec![],
             });
@@ -80,7 +80,7 @@ fn push_reply(out: &mut Vec<RequestMessage>, row: &MessageRow) {
         if round.calls.is_empty() {
             if !round.text.is_empty() {
                 out.push(RequestMessage::Assistant {
-                    content: Some(round.text),
+                    content: round.text,
                     reasoning_content: None,
                     tool_calls: vec![],
                 });
@@ -90,7 +90,7 @@ fn push_reply(out: &mut Vec<RequestMessage>, row: &MessageRow) {
         let results = round.results;
         let calls = round.calls;
         out.push(RequestMessage::Assistant {
-            content: (!round.text.is_empty()).then_some(round.text),
+            content: round.text,
             reasoning_content: (!round.reasoning.is_empty()).then_some(round.reasoning),
             tool_calls: calls.clone(),
         });

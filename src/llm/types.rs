@@ -42,10 +42,12 @@ pub enum RequestMessage {
     User {
         content: String,
     },
-    /// An assistant turn. `reasoning_content` is sent back with tool-call
-    /// turns because some providers (e.g. DeepSeek) reject them without it.
+    /// An assistant turn. `content` is `""` (not `null`) on a tool-call turn
+    /// without text: OpenAI accepts both, some servers (llama-cpp-python)
+    /// reject `null`. `reasoning_content` is sent back with tool-call turns
+    /// because some providers (e.g. DeepSeek) reject them without it.
     Assistant {
-        content: Option<String>,
+        content: String,
         #[serde(skip_serializing_if = "Option::is_none")]
         reasoning_content: Option<String>,
         #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -231,7 +233,7 @@ mod tests {
     #[test]
     fn assistant_message_serializes_in_openai_shape() {
         let m = RequestMessage::Assistant {
-            content: None,
+            content: String::new(),
             reasoning_content: Some("why".into()),
             tool_calls: vec![ToolCall {
                 id: "c1".into(),
@@ -244,7 +246,7 @@ mod tests {
         };
         assert_eq!(
             serde_json::to_value(&m).expect("serialize"),
-            serde_json::json!({"role":"assistant","content":null,"reasoning_content":"why",
+            serde_json::json!({"role":"assistant","content":"","reasoning_content":"why",
                 "tool_calls":[{"id":"c1","type":"function","function":{"name":"calculator","arguments":"{}"}}]})
         );
     }

@@ -1,0 +1,875 @@
+//! POST /api/chat end to end: the real router over HTTP on 127.0.0.1, a mock
+//! OpenAI-compatible upstream, a real SQLite file. Every test asserts the
+//! exact events, what the upstream received and the stored rows.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chatd::tools::{Tool, ToolError, ToolRegistry};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use serde_json::{Value, json};
+use sqlx::Row;
+use support::mock::{self, MockResponse, MockUpstream};
+use support::{TestApp, checked, read_events};
+
+/// Replaces the run-dependent ids and durations so events compare exactly.
+fn normalize(events: &[(String, Value)]) -> Vec<(String, Value)> {
+    events
+        .iter()
+        .map(|(name, data)| {
+            let mut data = data.clone();
+            if let Some(obj) = data.as_object_mut() {
+                for key in ["conversation_id", "user_message_id", "message_id"] {
+                    if let Some(v) = obj.get_mut(key) {
+                        assert!(
+                            uuid::Uuid::parse_str(v.as_str().unwrap_or("")).is_ok(),
+                            "{key} is a UUID: {v}"
+                        );
+                        *v = json!(key);
+                    }
+                }
+                if let Some(v) = obj.get_mut("duration_ms") {
+                    assert!(v.is_u64(), "duration_ms is a whole number: {v}");
+                    *v = json!(0);
+                }
+            }
+            (name.clone(), data)
+        })
+        .collect()
+}
+
+fn start() -> (String, Value) {
+    (
+        "start".into(),
+        json!({"conversation_id": "conversation_id", "user_message_id": "user_message_id",
+               "message_id": "message_id", "model": "mock-model"}),
+    )
+}
+
+fn step(index: u32, kind: &str, delta: &str) -> (String, Value) {
+    (
+        "process_step".into(),
+        json!({"id": format!("step-{index}"), "index": index, "type": kind, "delta": delta}),
+    )
+}
+
+fn tool_call(index: u32, id: &str, name: &str, arguments: &str) -> (String, Value) {
+    (
+        "process_step".into(),
+        json!({"id": format!("step-{index}"), "index": index, "type": "tool_call",
+               "id_ref": id, "name": name, "arguments": arguments}),
+    )
+}
+
+fn tool_result(index: u32, id: &str, name: &str, content: &str, success: bool) -> (String, Value) {
+    (
+        "process_step".into(),
+        json!({"id": format!("step-{index}"), "index": index, "type": "tool_result", "id_ref": id,
+               "name": name, "content": content, "success": success, "duration_ms": 0}),
+    )
+}
+
+fn done(reason: &str, prompt: u64, completion: u64, title: Option<&str>) -> (String, Value) {
+    (
+        "done".into(),
+        json!({"conversation_id": "conversation_id", "message_id": "message_id", "finish_reason": reason,
+               "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+               "suggested_title": title}),
+    )
+}
+
+fn error(code: &str, message: &str, retryable: bool) -> (String, Value) {
+    (
+        "error".into(),
+        json!({"code": code, "message": message, "retryable": retryable}),
+    )
+}
+
+/// The assistant message id from a `start` event.
+fn message_id(events: &[support::SseEvent]) -> String {
+    events[0].data["message_id"].as_str().expect("message_id").to_string()
+}
+
+async fn run(app: &TestApp, body: Value) -> (Vec<support::SseEvent>, Vec<(String, Value)>) {
+    let events = app.chat(body).await;
+    let normalized = normalize(&checked(&events));
+    (events, normalized)
+}
+
+#[tokio::test]
+async fn plain_reply_streams_and_is_stored() {
+    let upstream = MockUpstream::start().await;
+    upstream.push(mock::text_reply(&["Hel", "lo!"], 7, 2));
+    let app = TestApp::start(&upstream.base_url).await;
+
+    let (events, got) = run(&app, json!({"message": "Say hello\nplease"})).await;
+    assert_eq!(
+        got,
+        vec![
+            start(),
+            step(0, "text", "Hel"),
+            step(0, "text", "lo!"),
+            done("stop", 7, 2, Some("Say hello"))
+        ]
+    );
+
+    let sent = upstream.received();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0]["model"], "mock-model");
+    assert_eq!(sent[0]["stream"], true);
+    assert_eq!(sent[0]["stream_options"], json!({"include_usage": true}));
+    assert_eq!(
+        sent[0]["messages"],
+        json!([{"role": "user", "content": "Say hello\nplease"}])
+    );
+    let tools: Vec<&str> = sent[0]["tools"]
+        .as_array()
+        .expect("tools sent")
+        .iter()
+        .map(|t| t["function"]["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(tools, ["calculator", "get_current_time"]);
+    assert!(sent[0].get("tool_choice").is_none());
+
+    let db = app.db().await;
+    let conv_id = events[0].data["conversation_id"].as_str().expect("conversation id");
+    let title: String = sqlx::query_scalar("SELECT title FROM conversations WHERE id = ?")
+        .bind(conv_id)
+        .fetch_one(&db)
+        .await
+        .expect("conversation row");
+    assert_eq!(title, "Say hello");
+    let rows = sqlx::query(
+        "SELECT id, role, content, status, usage, steps, finish_reason, model FROM messages \
+         WHERE conversation_id = ? ORDER BY created_at, rowid",
+    )
+    .bind(conv_id)
+    .fetch_all(&db)
+    .await
+    .expect("messages");
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        rows[0].get::<String, _>("id"),
+        events[0].data["user_message_id"].as_str().expect("id")
+    );
+    assert_eq!(rows[0].get::<String, _>("role"), "user");
+    assert_eq!(rows[0].get::<String, _>("content"), "Say hello\nplease");
+    assert_eq!(rows[0].get::<String, _>("status"), "complete");
+    assert_eq!(rows[1].get::<String, _>("id"), message_id(&events));
+    assert_eq!(rows[1].get::<String, _>("role"), "assistant");
+    assert_eq!(rows[1].get::<String, _>("content"), "Hello!");
+    assert_eq!(rows[1].get::<String, _>("status"), "complete");
+    assert_eq!(rows[1].get::<String, _>("finish_reason"), "stop");
+    assert_eq!(rows[1].get::<String, _>("model"), "mock-model");
+    let usage: Value = serde_json::from_str(&rows[1].get::<String, _>("usage")).expect("usage json");
+    assert_eq!(
+        usage,
+        json!({"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9})
+    );
+    let steps: Value = serde_json::from_str(&rows[1].get::<String, _>("steps")).expect("steps json");
+    assert_eq!(
+        steps,
+        json!([{"round": 0, "id": "step-0", "index": 0, "type": "text", "content": "Hello!"}])
+    );
+    let ledger = sqlx::query("SELECT model, prompt_tokens, completion_tokens FROM token_usage")
+        .fetch_all(&db)
+        .await
+        .expect("ledger");
+    assert_eq!(ledger.len(), 1);
+    assert_eq!(ledger[0].get::<String, _>("model"), "mock-model");
+    assert_eq!(ledger[0].get::<i64, _>("prompt_tokens"), 7);
+    assert_eq!(ledger[0].get::<i64, _>("completion_tokens"), 2);
+}
+
+#[tokio::test]
+async fn reasoning_fields_then_text() {
+    let upstream = MockUpstream::start().await;
+    upstream.push(mock::sse(&[
+        mock::role(),
+        mock::reasoning_content("Let me"),
+        mock::reasoning(" think."),
+        mock::content("Four."),
+        mock::finish("stop"),
+        mock::usage(3, 4),
+    ]));
+    let app = TestApp::start(&upstream.base_url).await;
+    let (events, got) = run(&app, json!({"message": "2+2?", "thinking": true})).await;
+    assert_eq!(
+        got,
+        vec![
+            start(),
+            step(0, "thinking", "Let me"),
+            step(0, "thinking", " think."),
+            step(1, "text", "Four."),
+            done("stop", 3, 4, Some("2+2?")),
+        ]
+    );
+    assert_eq!(
+        upstream.received()[0]["chat_template_kwargs"],
+        json!({"enable_thinking": true})
+    );
+    let row = app.message_row(&message_id(&events)).await;
+    assert_eq!(row["reasoning"], "Let me think.");
+    assert_eq!(row["content"], "Four.");
+}
+
+#[tokio::test]
+async fn think_tags_in_content_become_thinking_steps() {
+    let upstream = MockUpstream::start().await;
+    upstream.push(mock::sse(&[
+        mock::content("<think>plan"),
+        mock::content("ning</th"),
+        mock::content("ink>\n\nDone"),
+        mock::content(" <b>ok</b>"),
+        mock::finish("stop"),
+    ]));
+    let app = TestApp::start(&upstream.base_url).await;
+    let (events, got) = run(&app, json!({"message": "go"})).await;
+    assert_eq!(
+        got,
+        vec![
+            start(),
+            step(0, "thinking", "plan"),
+            step(0, "thinking", "ning"),
+            step(1, "text", "Done"),
+            step(1, "text", " <b>ok</b>"),
+            done("stop", 0, 0, Some("go")),
+        ]
+    );
+    let row = app.message_row(&message_id(&events)).await;
+    assert_eq!(row["reasoning"], "planning");
+    assert_eq!(row["content"], "Done <b>ok</b>");
+}
+
+#[tokio::test]
+async fn split_tool_call_runs_then_second_round() {
+    let upstream = MockUpstream::start().await;
+    upstream.push(mock::tool_reply(
+        &[("call_1", "calculator", r#"{"expression":"6*7"}"#)],
+        10,
+        5,
+    ));
+    upstream.push(mock::text_reply(&["It is ", "42."], 20, 3));
+    let app = TestApp::start(&upstream.base_url).await;
+
+    let (events, got) = run(&app, json!({"message": "What is 6*7?"})).await;
+    assert_eq!(
+        got,
+        vec![
+            start(),
+            tool_call(0, "call_1", "calculator", r#"{"expression":"6*7"}"#),
+            tool_result(1, "call_1", "calculator", "42", true),
+            step(2, "text", "It is "),
+            step(2, "text", "42."),
+            done("stop", 30, 8, Some("What is 6*7?")),
+        ]
+    );
+
+    let sent = upstream.received();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(
+        sent[1]["messages"],
+        json!([
+            {"role": "user", "content": "What is 6*7?"},
+            {"role": "assistant", "content": "", "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "calculator", "arguments": "{\"expression\":\"6*7\"}"}}
+            ]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "42"}
+        ])
+    );
+
+    let row = app.message_row(&message_id(&events)).await;
+    assert_eq!(row["status"], "complete");
+    assert_eq!(row["content"], "It is 42.");
+    assert_eq!(
+        row["tool_calls"],
+        json!([{"id": "call_1", "type": "function", "function": {"name": "calculator", "arguments": "{\"expression\":\"6*7\"}"}}])
+    );
+    let rounds: Vec<u64> = row["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["round"].as_u64().expect("round"))
+        .collect();
+    assert_eq!(rounds, [0, 0, 1]);
+    assert_eq!(
+        row["usage"],
+        json!({"prompt_tokens": 30, "completion_tokens": 8, "total_tokens": 38})
+    );
+}
+
+/// Completes only when two calls of it run at the same time.
+struct WaitPair(Arc<tokio::sync::Barrier>);
+
+impl Tool for WaitPair {
+    fn name(&self) -> &str {
+        "wait_pair"
+    }
+    fn description(&self) -> &str {
+        "Returns once a second call is running too."
+    }
+    fn parameters(&self) -> Value {
+        json!({"type": "object", "properties": {"tag": {"type": "string"}}, "required": ["tag"]})
+    }
+    fn call(&self, arguments: Value) -> BoxFuture<'static, Result<String, ToolError>> {
+        let barrier = self.0.clone();
+        async move {
+            barrier.wait().await;
+            Ok(format!("paired {}", arguments["tag"].as_str().unwrap_or("?")))
+        }
+        .boxed()
+    }
+}
+
+/// Panics when called.
+struct Panics;
+
+impl Tool for Panics {
+    fn name(&self) -> &str {
+        "panics"
+    }
+    fn description(&self) -> &str {
+        "Always panics."
+    }
+    fn parameters(&self) -> Value {
+        json!({"type": "object"})
+    }
+    fn call(&self, _: Value) -> BoxFuture<'static, Result<String, ToolError>> {
+        async move { panic!("tool bug") }.boxed()
+    }
+}
+
+/// Never finishes.
+struct Sleeps;
+
+impl Tool for Sleeps {
+    fn name(&self) -> &str {
+        "sleeps"
+    }
+    fn description(&self) -> &str {
+        "Sleeps for an hour."
+    }
+    fn parameters(&self) -> Value {
+        json!({"type": "object"})
+    }
+    fn call(&self, _: Value) -> BoxFuture<'static, Result<String, ToolError>> {
+        async move {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok("late".into())
+        }
+        .boxed()
+    }
+}
+
+fn registry_with(extra: Vec<Arc<dyn Tool>>) -> ToolRegistry {
+    let mut registry = ToolRegistry::with_builtins();
+    for tool in extra {
+        registry.register(tool).expect("register test tool");
+    }
+    registry
+}
+
+#[tokio::test]
+async fn two_calls_run_in_parallel() {
+    let upstream = MockUpstream::start().await;
+    upstream.push(mock::tool_reply(
+        &[
+            ("a", "wait_pair", r#"{"tag":"A"}"#),
+            ("b", "wait_pair", r#"{"tag":"B"}"#),
+        ],
+        1,
+        1,
+    ));
+    upstream.push(mock::text_reply(&["both"], 1, 1));
+    let tools = registry_with(vec![Arc::new(WaitPair(Arc::new(tokio::sync::Barrier::new(2))))]);
+    // Run one after the other, the first call would wait until its timeout.
+    let app = TestApp::start_with(&upstream.base_url, |c| c.tools.timeout_ms = 3_000, tools).await;
+
+    let (_, got) = run(&app, json!({"message": "pair"})).await;
+    assert_eq!(
+        got,
+        vec![
+            start(),
+            tool_call(0, "a", "wait_pair", r#"{"tag":"A"}"#),
+            tool_call(1, "b", "wait_pair", r#"{"tag":"B"}"#),
+            tool_result(2, "a", "wait_pair", "paired A", true),
+            tool_result(3, "b", "wait_pair", "paired B", true),
+            step(4, "text", "both"),
+            done("stop", 2, 2, Some("pair")),
+        ]
+    );
+    let messages = upstream.received()[1]["messages"].clone();
+    assert_eq!(
+        messages[2],
+        json!({"role": "tool", "tool_call_id": "a", "content": "paired A"})
+    );
+    assert_eq!(
+        messages[3],
+        json!({"role": "tool", "tool_call_id": "b", "content": "paired B"})
+    );
+}
+
+#[tokio::test]
+async fn failing_unknown_and_badly_called_tools_become_failed_results() {
+    let upstream = MockUpstream::start().await;
+    upstream.push(mock::tool_reply(
+        &[
+            ("c1", "calculator", r#"{"expression":"1/0"}"#),
+            ("c2", "no_such_tool", "{}"),
+            ("c3", "calculator", "{not json"),
+            ("c4", "calculator", r#"{"expression":5}"#),
+            ("c5", "panics", "{}"),
+            ("c6", "sleeps", "{}"),
+        ],
+        1,
+        1,
+    ));
+    upstream.push(mock::text_reply(&["sorry"], 1, 1));
+    let tools = registry_with(vec![Arc::new(Panics), Arc::new(Sleeps)]);
+    let app = TestApp::start_with(&upstream.base_url, |c| c.tools.timeout_ms = 300, tools).await;
+
+    let (events, got) = run(&app, json!({"message": "break things"})).await;
+    assert_eq!(got.len(), 1 + 6 + 6 + 1 + 1);
+    let results: Vec<&Value> = got[7..13].iter().map(|(_, d)| d).collect();
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r["type"], "tool_result");
+        assert_eq!(r["success"], false, "result {i} fails: {r}");
+        assert_eq!(r["index"], 6 + i);
+    }
+    let content = |i: usize| results[i]["content"].as_str().expect("content").to_string();
+    assert_eq!(
+        content(0),
+        "Error: \"1/0\" has no finite value (division by zero or overflow)"
+    );
+    assert_eq!(
+        content(1),
+        "Error: unknown tool \"no_such_tool\". Available tools: calculator, get_current_time, panics, sleeps."
+    );
+    assert!(
+        content(2).starts_with("Error: the arguments are not valid JSON"),
+        "{}",
+        content(2)
+    );
+    assert!(
+        content(2).contains("\"expression\""),
+        "the error shows the schema: {}",
+        content(2)
+    );
+    assert!(
+        content(3)
+            .starts_with("Error: the arguments do not match the schema: /expression: 5 is not of type \"string\""),
+        "{}",
+        content(3)
+    );
+    assert_eq!(content(4), "Error: panics crashed while running.");
+    assert_eq!(
+        content(5),
+        "Error: sleeps did not finish within 300 ms and was stopped."
+    );
+    assert_eq!(got[13], step(12, "text", "sorry"));
+    assert_eq!(got[14], done("stop", 2, 2, Some("break things")));
+
+    // The model saw every failure as a tool message and the loop went on.
+    let messages = upstream.received()[1]["messages"].clone();
+    assert_eq!(messages.as_array().expect("messages").len(), 1 + 1 + 6);
+    assert_eq!(messages[3]["content"], content(1));
+    let row = app.message_row(&message_id(&events)).await;
+    assert_eq!(row["status"], "complete");
+}
+
+async fn failing_upstream(
+    response: MockResponse,
+    tweak: impl FnOnce(&mut chatd::config::Config),
+) -> (TestApp, Vec<(String, Value)>, Value) {
+    let upstream = MockUpstream::start().await;
+    upstream.push(response);
+    let app = TestApp::start_with(&upstream.base_url, tweak, ToolRegistry::with_builtins()).await;
+    let (events, got) = run(&app, json!({"message": "hi"})).await;
+    let row = app.message_row(&message_id(&events)).await;
+    (app, got, row)
+}
+
+#[tokio::test]
+async fn upstream_http_errors_map_to_error_events() {
+    let body = r#"{"error":{"message":"boom","type":"server_error"}}"#.to_string();
+    let (_, got, row) = failing_upstream(
+        MockResponse::Status {
+            status: 500,
+            headers: vec![],
+            body,
+        },
+        |_| {},
+    )
+    .await;
+    assert_eq!(
+        got,
+        vec![
+            start(),
+            error("upstream_unavailable", "HTTP 500 Internal Server Error: boom", true)
+        ]
+    );
+    assert_eq!(row["status"], "error");
+    assert_eq!(
+        row["error"],
+        json!({"code": "upstream_unavailable", "message": "HTTP 500 Internal Server Error: boom"})
+    );
+
+    let (_, got, _) = failing_upstream(
+        MockResponse::Status {
+            status: 429,
+            headers: vec![("retry-after".into(), "7".into())],
+            body: r#"{"error":{"message":"slow down"}}"#.into(),
+        },
+        |_| {},
+    )
+    .await;
+    assert_eq!(
+        got,
+        vec![
+            start(),
+            error(
+                "rate_limited",
+                "upstream rate limited: HTTP 429 Too Many Requests: slow down",
+                true
+            )
+        ]
+    );
+
+    let (_, got, _) = failing_upstream(
+        MockResponse::Status {
+            status: 400,
+            headers: vec![],
+            body: "model not found\n".into(),
+        },
+        |_| {},
+    )
+    .await;
+    assert_eq!(
+        got,
+        vec![
+            start(),
+            error("upstream_error", "HTTP 400 Bad Request: model not found", false)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn connection_refused_is_upstream_unavailable() {
+    // Bind then drop a listener: nothing listens on that port any more.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let app = TestApp::start(&format!("http://127.0.0.1:{port}/v1")).await;
+    let (events, got) = run(&app, json!({"message": "hi"})).await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1].1["code"], "upstream_unavailable");
+    assert_eq!(got[1].1["retryable"], true);
+    let row = app.message_row(&message_id(&events)).await;
+    assert_eq!(row["status"], "error");
+}
+
+#[tokio::test]
+async fn cut_stream_and_mid_stream_error_keep_partial_text() {
+    let cut = mock::raw(&[&format!("data: {}\n\n", mock::content("Hel"))]);
+    let (_, got, row) = failing_upstream(cut, |_| {}).await;
+    assert_eq!(
+        got,
+        vec![
+            start(),
+            step(0, "text", "Hel"),
+            error(
+                "upstream_error",
+                "the stream ended before the reply finished (no finish_reason and no [DONE])",
+                false
+            ),
+        ]
+    );
+    assert_eq!(
+        (row["status"].as_str(), row["content"].as_str()),
+        (Some("error"), Some("Hel"))
+    );
+
+    let mid = mock::raw(&[
+        &format!("data: {}\n\n", mock::content("Par")),
+        "data: {\"error\":{\"message\":\"model overloaded\",\"code\":503}}\n\n",
+        &format!("data: {}\n\n", mock::content("never")),
+    ]);
+    let (_, got, row) = failing_upstream(mid, |_| {}).await;
+    assert_eq!(
+        got,
+        vec![
+            start(),
+            step(0, "text", "Par"),
+            error("upstream_error", "model overloaded", false)
+        ]
+    );
+    assert_eq!(
+        (row["status"].as_str(), row["content"].as_str()),
+        (Some("error"), Some("Par"))
+    );
+}
+
+#[tokio::test]
+async fn silence_past_the_idle_timeout_fails_the_reply() {
+    let slow = MockResponse::Stream(vec![
+        (0, format!("data: {}\n\n", mock::content("Hi"))),
+        (3_000, format!("data: {}\n\n", mock::content("late"))),
+    ]);
+    let (_, got, row) = failing_upstream(slow, |c| c.llm.idle_timeout_ms = 300).await;
+    assert_eq!(
+        got,
+        vec![
+            start(),
+            step(0, "text", "Hi"),
+            error("upstream_timeout", "upstream sent nothing for 300 ms", true)
+        ]
+    );
+    assert_eq!(
+        (row["status"].as_str(), row["content"].as_str()),
+        (Some("error"), Some("Hi"))
+    );
+
+    // No response headers at all.
+    let (_, got, _) = failing_upstream(MockResponse::Hang, |c| c.llm.idle_timeout_ms = 300).await;
+    assert_eq!(
+        got,
+        vec![
+            start(),
+            error("upstream_timeout", "upstream sent nothing for 300 ms", true)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn max_iterations_stops_a_model_that_keeps_calling_tools() {
+    let upstream = MockUpstream::start().await;
+    upstream.push(mock::tool_reply(
+        &[("r1", "calculator", r#"{"expression":"1+1"}"#)],
+        1,
+        1,
+    ));
+    upstream.push(mock::tool_reply(
+        &[("r2", "calculator", r#"{"expression":"2+2"}"#)],
+        1,
+        1,
+    ));
+    let app = TestApp::start_with(
+        &upstream.base_url,
+        |c| c.chat.max_iterations = 2,
+        ToolRegistry::with_builtins(),
+    )
+    .await;
+    let (events, got) = run(&app, json!({"message": "loop"})).await;
+    assert_eq!(
+        got,
+        vec![
+            start(),
+            tool_call(0, "r1", "calculator", r#"{"expression":"1+1"}"#),
+            tool_result(1, "r1", "calculator", "2", true),
+            tool_call(2, "r2", "calculator", r#"{"expression":"2+2"}"#),
+            tool_result(3, "r2", "calculator", "4", true),
+            error(
+                "max_iterations",
+                "the model was still calling tools after 2 rounds; the reply was stopped",
+                false
+            ),
+        ]
+    );
+    assert_eq!(upstream.received().len(), 2);
+    let row = app.message_row(&message_id(&events)).await;
+    assert_eq!(row["status"], "error");
+    assert_eq!(row["error"]["code"], "max_iterations");
+}
+
+#[tokio::test]
+async fn accumulated_mode_sends_content_so_far() {
+    let upstream = MockUpstream::start().await;
+    upstream.push(mock::sse(&[
+        mock::reasoning_content("a"),
+        mock::reasoning_content("b"),
+        mock::content("c"),
+        mock::content("d"),
+        mock::finish("stop"),
+    ]));
+    let app = TestApp::start(&upstream.base_url).await;
+    let (_, got) = run(&app, json!({"message": "acc", "stream_mode": "accumulated"})).await;
+    let content = |index: u32, kind: &str, content: &str| {
+        (
+            "process_step".to_string(),
+            json!({"id": format!("step-{index}"), "index": index, "type": kind, "content": content}),
+        )
+    };
+    assert_eq!(
+        got,
+        vec![
+            start(),
+            content(0, "thinking", "a"),
+            content(0, "thinking", "ab"),
+            content(1, "text", "c"),
+            content(1, "text", "cd"),
+            done("stop", 0, 0, Some("acc")),
+        ]
+    );
+}
+
+fn slow_text(pieces: usize, delay_ms: u64) -> MockResponse {
+    let mut chunks: Vec<Value> = (0..pieces).map(|i| mock::content(&format!("w{i} "))).collect();
+    chunks.push(mock::finish("stop"));
+    mock::sse_with_delay(&chunks, delay_ms)
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_does_not_stop_the_reply() {
+    let upstream = MockUpstream::start().await;
+    upstream.push(slow_text(10, 30));
+    let app = TestApp::start(&upstream.base_url).await;
+    let response = app
+        .http
+        .post(app.url("/api/chat"))
+        .json(&json!({"message": "long"}))
+        .send()
+        .await
+        .expect("post");
+    let first = read_events(response, 3).await; // the response is dropped here
+    assert_eq!(first.len(), 3);
+    let row = app.wait_final(&message_id(&first)).await;
+    assert_eq!(row["status"], "complete");
+    let expected: String = (0..10).map(|i| format!("w{i} ")).collect();
+    assert_eq!(row["content"], expected);
+}
+
+#[tokio::test]
+async fn on_disconnect_cancel_stores_a_cancelled_reply() {
+    let upstream = MockUpstream::start().await;
+    upstream.push(slow_text(50, 40));
+    let app = TestApp::start_with(
+        &upstream.base_url,
+        |c| c.chat.on_disconnect = chatd::config::OnDisconnect::Cancel,
+        ToolRegistry::with_builtins(),
+    )
+    .await;
+    let response = app
+        .http
+        .post(app.url("/api/chat"))
+        .json(&json!({"message": "long"}))
+        .send()
+        .await
+        .expect("post");
+    let first = read_events(response, 3).await;
+    let row = app.wait_final(&message_id(&first)).await;
+    assert_eq!(row["status"], "cancelled");
+    assert_eq!(row["finish_reason"], "cancelled");
+    let content = row["content"].as_str().expect("content");
+    assert!(content.starts_with("w0 w1 "), "keeps what was produced: {content:?}");
+    assert!(!content.contains("w49"), "stopped early: {content:?}");
+}
+
+#[tokio::test]
+async fn second_turn_replays_history_with_tool_calls_and_reasoning() {
+    let upstream = MockUpstream::start().await;
+    upstream.push(mock::sse(&[
+        mock::reasoning_content("need math"),
+        mock::content("Let me check."),
+        mock::tool_piece(Some(0), Some("call_9"), Some("calculator"), "{\"expression\":"),
+        mock::tool_piece(Some(0), None, None, "\"6*7\"}"),
+        mock::finish("tool_calls"),
+    ]));
+    upstream.push(mock::sse(&[
+        mock::reasoning_content("easy"),
+        mock::content("It is 42."),
+        mock::finish("stop"),
+    ]));
+    upstream.push(mock::text_reply(&["You're welcome."], 1, 1));
+    let app = TestApp::start(&upstream.base_url).await;
+
+    let (first, _) = run(
+        &app,
+        json!({"message": "What is 6*7?", "system_prompt": "Be brief.", "thinking": false}),
+    )
+    .await;
+    let conversation_id = first[0].data["conversation_id"].clone();
+    let (second, got) = run(&app, json!({"message": "Thanks", "conversation_id": conversation_id})).await;
+    assert_eq!(
+        got,
+        vec![start(), step(0, "text", "You're welcome."), done("stop", 1, 1, None)]
+    );
+    assert_eq!(second[0].data["conversation_id"], conversation_id);
+
+    let sent = upstream.received();
+    assert_eq!(sent.len(), 3);
+    assert_eq!(
+        sent[2]["messages"],
+        json!([
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "What is 6*7?"},
+            {"role": "assistant", "content": "Let me check.", "reasoning_content": "need math", "tool_calls": [
+                {"id": "call_9", "type": "function", "function": {"name": "calculator", "arguments": "{\"expression\":\"6*7\"}"}}
+            ]},
+            {"role": "tool", "tool_call_id": "call_9", "content": "42"},
+            {"role": "assistant", "content": "It is 42."},
+            {"role": "user", "content": "Thanks"}
+        ])
+    );
+    // Settings given on creation are stored on the conversation and reused.
+    for request in &sent {
+        assert_eq!(request["chat_template_kwargs"], json!({"enable_thinking": false}));
+    }
+}
+
+#[tokio::test]
+async fn real_world_stream_quirks_are_tolerated() {
+    let upstream = MockUpstream::start().await;
+    upstream.push(mock::raw(&[
+        ": keep-alive comment\r\n\r\n",
+        &format!("data:{}\r\n\r\n", mock::content("Hel")),
+        "data: this is not json\n\n",
+        &format!("data: {}\n", mock::content("lo")),
+        "\n",
+        &format!("data: {}\n\n", mock::finish("stop")),
+        &format!("data: {}\n\n", mock::usage(3, 2)),
+        // the stream ends without [DONE]
+    ]));
+    let app = TestApp::start(&upstream.base_url).await;
+    let (_, got) = run(&app, json!({"message": "quirks"})).await;
+    assert_eq!(
+        got,
+        vec![
+            start(),
+            step(0, "text", "Hel"),
+            step(0, "text", "lo"),
+            done("stop", 3, 2, Some("quirks"))
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_second_message_while_a_reply_runs_gets_409() {
+    let upstream = MockUpstream::start().await;
+    upstream.push(slow_text(5, 100));
+    let app = TestApp::start(&upstream.base_url).await;
+    let response = app
+        .http
+        .post(app.url("/api/chat"))
+        .json(&json!({"message": "first"}))
+        .send()
+        .await
+        .expect("post");
+    let first = read_events(response, 1).await;
+    let conversation_id = first[0].data["conversation_id"].clone();
+    let (status, body) = app
+        .send(
+            reqwest::Method::POST,
+            "/api/chat",
+            Some(json!({"message": "second", "conversation_id": conversation_id})),
+        )
+        .await;
+    assert_eq!(status, 409);
+    assert_eq!(body["error"]["code"], "conversation_busy");
+    let row = app.wait_final(&message_id(&first)).await;
+    assert_eq!(row["status"], "complete");
+}
