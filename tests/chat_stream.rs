@@ -873,3 +873,45 @@ async fn a_second_message_while_a_reply_runs_gets_409() {
     let row = app.wait_final(&message_id(&first)).await;
     assert_eq!(row["status"], "complete");
 }
+
+#[tokio::test]
+async fn a_forced_tool_choice_applies_to_the_first_round_only() {
+    let upstream = MockUpstream::start().await;
+    upstream.push(mock::tool_reply(
+        &[("c1", "calculator", r#"{"expression":"12*7"}"#)],
+        1,
+        1,
+    ));
+    upstream.push(mock::text_reply(&["84"], 1, 1));
+    let app = TestApp::start(&upstream.base_url).await;
+    let choice = json!({"type": "function", "function": {"name": "calculator"}});
+    let (_, got) = run(
+        &app,
+        json!({"message": "12*7?", "tools": ["calculator"], "tool_choice": choice}),
+    )
+    .await;
+    assert_eq!(got.last(), Some(&done("stop", 2, 2, Some("12*7?"))));
+    let sent = upstream.received();
+    assert_eq!(sent[0]["tool_choice"], choice);
+    assert!(
+        sent[1].get("tool_choice").is_none(),
+        "later rounds leave the choice to the model: {}",
+        sent[1]
+    );
+    let names: Vec<&str> = sent[0]["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .map(|t| t["function"]["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["calculator"], "only the selected tools are offered");
+
+    // tools: false sends neither tools nor tool_choice.
+    upstream.push(mock::text_reply(&["ok"], 1, 1));
+    run(&app, json!({"message": "no tools", "tools": false})).await;
+    let last = upstream.received().pop().expect("request");
+    assert!(
+        last.get("tools").is_none() && last.get("tool_choice").is_none(),
+        "{last}"
+    );
+}

@@ -153,7 +153,7 @@ impl Generation {
 
         for round in 0..max_rounds {
             rec.next_round(round);
-            let request = self.request(messages.clone(), tools.clone());
+            let request = self.request(messages.clone(), tools.clone(), round);
             let Round { calls, finish_reason } = self.stream_round(&request, rec, usage).await?;
             if calls.is_empty() {
                 return Ok(finish_reason.unwrap_or_else(|| "stop".to_string()));
@@ -189,8 +189,19 @@ impl Generation {
             .collect()
     }
 
-    /// Builds one round's upstream request.
-    fn request(&self, messages: Vec<RequestMessage>, tools: Vec<ToolDefinition>) -> ChatRequest {
+    /// Builds one round's upstream request. A forcing `tool_choice`
+    /// (`required` or a named function) applies to the first round only and
+    /// is left out afterwards (the API default, `auto`); otherwise a model
+    /// that obeys it calls tools until `max_iterations`. The OpenAI Agents SDK
+    /// resets it the same way. Leaving it out rather than sending `auto`
+    /// matters: llama-cpp-python fails a streamed request with an explicit
+    /// `auto`.
+    fn request(&self, messages: Vec<RequestMessage>, tools: Vec<ToolDefinition>, round: u32) -> ChatRequest {
+        let tool_choice = match &self.tool_choice {
+            _ if tools.is_empty() => None,
+            Some(choice) if round > 0 && choice != "none" && choice != "auto" => None,
+            other => other.clone(),
+        };
         let mut extra = Map::new();
         if let Some(on) = self.settings.thinking {
             match self.deps.config.llm.thinking_style {
@@ -210,11 +221,7 @@ impl Generation {
             stream_options: Some(StreamOptions { include_usage: true }),
             temperature: self.settings.temperature,
             max_tokens: self.settings.max_tokens,
-            tool_choice: if tools.is_empty() {
-                None
-            } else {
-                self.tool_choice.clone()
-            },
+            tool_choice,
             tools,
             extra,
         }

@@ -1,7 +1,7 @@
 //! Conversation routes: list, create, read, patch, delete, and messages.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::{Deserialize, Deserializer};
@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::{ApiError, parse_uuid};
-use super::extract::{ApiJson, ApiQuery};
+use super::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::chat::{SettingsInput, validate_settings};
 use crate::store::{ConversationPatch, NewConversation};
 
@@ -92,7 +92,10 @@ pub async fn create(
 }
 
 /// `GET /api/conversations/{id}`.
-pub async fn get_one(State(state): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+pub async fn get_one(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<impl IntoResponse, ApiError> {
     let id = parse_uuid("conversation id", &id)?;
     let c = state.chat.store().conversation(id).await?.ok_or_else(|| missing(id))?;
     Ok(Json(c))
@@ -129,7 +132,7 @@ where
 /// `PATCH /api/conversations/{id}`: the updated conversation.
 pub async fn patch(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<PatchBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     let id = parse_uuid("conversation id", &id)?;
@@ -158,7 +161,7 @@ pub async fn patch(
 }
 
 /// `DELETE /api/conversations/{id}`: 204; its messages are deleted too.
-pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<StatusCode, ApiError> {
     let id = parse_uuid("conversation id", &id)?;
     if state.chat.store().delete_conversation(id).await? {
         Ok(StatusCode::NO_CONTENT)
@@ -168,7 +171,7 @@ pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Re
 }
 
 /// `GET /api/conversations/{id}/messages`: `{"messages": [...]}`, oldest first.
-pub async fn messages(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn messages(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<Json<Value>, ApiError> {
     let id = parse_uuid("conversation id", &id)?;
     let store = state.chat.store();
     if store.conversation(id).await?.is_none() {

@@ -5,7 +5,7 @@
 //! a generic message.
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -109,6 +109,18 @@ impl From<JsonRejection> for ApiError {
 impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> Self {
         Self::invalid_request(rejection.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        match rejection {
+            // The only path parameters are ids, e.g. `%FF` (not UTF-8).
+            PathRejection::FailedToDeserializePathParams(e) => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_id", e.body_text())
+            }
+            other => Self::internal(&other.body_text()),
+        }
     }
 }
 

@@ -21,14 +21,25 @@ use crate::chat::log::LoggedEvent;
 use crate::config::ChatConfig;
 
 /// How thinking and text steps carry their text.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum StreamMode {
     /// `delta`: only the new text.
     #[default]
     Delta,
     /// `content`: everything so far in that step.
     Accumulated,
+}
+
+/// Read from a string (`null` is the default), so that a value of the wrong
+/// type is a data error (400 `invalid_request`), not a JSON syntax error.
+impl<'de> Deserialize<'de> for StreamMode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match Option::<String>::deserialize(deserializer)?.as_deref() {
+            None | Some("delta") => Ok(Self::Delta),
+            Some("accumulated") => Ok(Self::Accumulated),
+            Some(other) => Err(serde::de::Error::unknown_variant(other, &["delta", "accumulated"])),
+        }
+    }
 }
 
 /// The SSE response for `events`.
