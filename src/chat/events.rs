@@ -9,6 +9,20 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// One event of a reply.
+///
+/// ```
+/// use chatd::chat::events::{ChatEvent, StepEvent, StepKind};
+/// let e = ChatEvent::Step(StepEvent {
+///     id: "step-0".into(),
+///     index: 0,
+///     kind: StepKind::Text { delta: Some("Hi".into()), content: None },
+/// });
+/// assert_eq!(e.name(), "process_step");
+/// assert_eq!(
+///     serde_json::to_string(&e).unwrap(),
+///     r#"{"id":"step-0","index":0,"type":"text","delta":"Hi"}"#
+/// );
+/// ```
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(untagged)]
 pub enum ChatEvent {

@@ -5,6 +5,12 @@ pub const TITLE_MAX_CHARS: usize = 50;
 
 /// The first non-blank line of `message`, trimmed, at most
 /// [`TITLE_MAX_CHARS`] characters (cut on a character boundary).
+///
+/// ```
+/// use chatd::chat::title::from_message;
+/// assert_eq!(from_message("\n  Plan a trip to Lisbon \nin May"), "Plan a trip to Lisbon");
+/// assert_eq!(from_message(&"ü".repeat(80)).chars().count(), 50);
+/// ```
 pub fn from_message(message: &str) -> String {
     let line = message
         .lines()
