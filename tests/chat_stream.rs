@@ -915,3 +915,98 @@ async fn a_forced_tool_choice_applies_to_the_first_round_only() {
         "{last}"
     );
 }
+
+#[tokio::test]
+async fn stream_headers_and_keep_alive_comments() {
+    let upstream = MockUpstream::start().await;
+    upstream.push(MockResponse::Stream(vec![
+        (300, format!("data: {}\n\n", mock::content("late"))),
+        (0, format!("data: {}\n\ndata: [DONE]\n\n", mock::finish("stop"))),
+    ]));
+    let app = TestApp::start_with(
+        &upstream.base_url,
+        |c| c.chat.keepalive_interval_ms = 50,
+        ToolRegistry::with_builtins(),
+    )
+    .await;
+    let response = app
+        .http
+        .post(app.url("/api/chat"))
+        .json(&json!({"message": "hi"}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    assert_eq!(headers["content-type"], "text/event-stream");
+    assert_eq!(headers["cache-control"], "no-cache");
+    assert_eq!(headers["x-accel-buffering"], "no");
+    let body = response.text().await.expect("body");
+    let comments = body.lines().filter(|l| l.starts_with(':')).count();
+    assert!(
+        comments >= 2,
+        "keep-alive comments while the upstream is silent: {body}"
+    );
+    assert!(body.contains("event: done"), "{body}");
+}
+
+#[tokio::test]
+async fn the_turn_is_committed_before_the_upstream_is_called() {
+    let upstream = MockUpstream::start().await;
+    upstream.push(MockResponse::Hang);
+    let app = TestApp::start(&upstream.base_url).await;
+    let response = app
+        .http
+        .post(app.url("/api/chat"))
+        .json(&json!({"message": "kept"}))
+        .send()
+        .await
+        .expect("post");
+    let first = read_events(response, 1).await;
+    // wait until the upstream has the request, then look at the rows
+    for _ in 0..100 {
+        if !upstream.received().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(upstream.received().len(), 1);
+    let db = app.db().await;
+    let rows = sqlx::query("SELECT role, content, status FROM messages ORDER BY created_at, rowid")
+        .fetch_all(&db)
+        .await
+        .expect("rows");
+    let rows: Vec<(String, String, String)> = rows
+        .iter()
+        .map(|r| (r.get("role"), r.get("content"), r.get("status")))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("user".to_string(), "kept".to_string(), "complete".to_string()),
+            ("assistant".to_string(), String::new(), "streaming".to_string())
+        ]
+    );
+    assert_eq!(first[0].event, "start");
+
+    // The database runs with the documented pragmas.
+    let mut conn = app.chat.store().pool().acquire().await.expect("conn");
+    let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut *conn)
+        .await
+        .expect("pragma");
+    let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+        .fetch_one(&mut *conn)
+        .await
+        .expect("pragma");
+    let foreign_keys: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+        .fetch_one(&mut *conn)
+        .await
+        .expect("pragma");
+    let busy: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+        .fetch_one(&mut *conn)
+        .await
+        .expect("pragma");
+    assert_eq!((journal.as_str(), synchronous, foreign_keys), ("wal", 1, 1));
+    assert!(busy >= 1000, "busy_timeout {busy} ms");
+}
