@@ -91,8 +91,16 @@ pub struct ChatConfig {
     pub on_disconnect: OnDisconnect,
     /// Interval in ms between SSE keep-alive comments.
     pub keepalive_interval_ms: u64,
-    /// How long in ms a finished reply's event log stays in memory.
+    /// How long in ms a finished reply's events stay replayable exactly (in
+    /// memory and in the `reply_events` table); later resumes get a compact
+    /// replay built from the stored message.
     pub replay_retention_ms: u64,
+    /// Longest interval in ms between writes of a streaming reply's partial
+    /// state to its message row (what a crash can lose at most).
+    pub flush_interval_ms: u64,
+    /// On SIGTERM/Ctrl-C, how long in ms running replies may take to finish
+    /// before they are stopped and stored as `interrupted`.
+    pub drain_timeout_ms: u64,
     /// Longest accepted user message, in characters (Unicode scalar values).
     pub max_message_chars: usize,
 }
@@ -163,6 +171,8 @@ impl Default for ChatConfig {
             on_disconnect: OnDisconnect::Continue,
             keepalive_interval_ms: 15_000,
             replay_retention_ms: 600_000,
+            flush_interval_ms: 1_000,
+            drain_timeout_ms: 30_000,
             max_message_chars: 100_000,
         }
     }
@@ -237,6 +247,9 @@ impl Config {
         }
         if self.llm.idle_timeout_ms == 0 || self.tools.timeout_ms == 0 {
             return bad("timeouts must be at least 1 ms");
+        }
+        if self.chat.flush_interval_ms == 0 {
+            return bad("chat.flush_interval_ms must be at least 1");
         }
         if self.chat.keepalive_interval_ms == 0 {
             return bad("chat.keepalive_interval_ms must be at least 1");
