@@ -2,6 +2,7 @@
 //! and router.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::chat::ChatService;
 use crate::config::Config;
@@ -49,9 +50,27 @@ impl App {
                 "marked replies left streaming by the last run as interrupted"
             );
         }
+        spawn_pruning(store.clone(), Duration::from_millis(config.chat.replay_retention_ms));
         let llm = LlmClient::new(&config.llm)?;
         let chat = Arc::new(ChatService::new(store, llm, Arc::new(tools), Arc::new(config)));
         let router = crate::http::router(chat.clone());
         Ok(Self { chat, router })
     }
+}
+
+/// Deletes stored events of final replies older than `retention`, once at
+/// start and then every minute (or every `retention`, if shorter).
+fn spawn_pruning(store: Store, retention: Duration) {
+    let every = retention.clamp(Duration::from_millis(100), Duration::from_secs(60));
+    tokio::spawn(async move {
+        loop {
+            let cutoff = crate::store::now_ms() - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+            match store.prune_events(cutoff).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(rows = n, "pruned replay events"),
+                Err(e) => tracing::warn!(error = %e, "could not prune replay events"),
+            }
+            tokio::time::sleep(every).await;
+        }
+    });
 }

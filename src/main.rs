@@ -37,8 +37,8 @@ enum Command {
     Migrate,
 }
 
-/// How long a shutdown waits for open streams before exiting anyway.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// After the drain, how long open connections get to close before exit.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -78,8 +78,12 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     }
 }
 
+/// Serves until SIGTERM or Ctrl-C, then: stop accepting connections, let
+/// running replies finish within `chat.drain_timeout_ms`, interrupt the rest
+/// (stored as `interrupted`), let their streams close, and return.
 async fn serve(config: Config) -> Result<(), AppError> {
     let addr = config.listen;
+    let drain = Duration::from_millis(config.chat.drain_timeout_ms);
     let model = config.llm.model.clone();
     let upstream = config.llm.base_url.clone();
     let app = App::build(config).await?;
@@ -87,14 +91,32 @@ async fn serve(config: Config) -> Result<(), AppError> {
         .await
         .map_err(|source| AppError::Bind { addr, source })?;
     tracing::info!(%addr, %upstream, model = %model, "chatd listening");
-    let server = axum::serve(listener, app.router).with_graceful_shutdown(shutdown_signal());
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let chat = app.chat.clone();
+    let drained = tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+        tracing::info!(running = chat.running(), "draining replies");
+        chat.shutdown(drain).await;
+        tracing::info!("every reply is stored");
+    });
+    let mut stop = stop_rx.clone();
+    let server = axum::serve(listener, app.router).with_graceful_shutdown(async move {
+        let _ = stop.wait_for(|s| *s).await;
+    });
+    let mut stopped = stop_rx;
     tokio::select! {
-        result = server => result.map_err(AppError::Serve),
-        _ = async { shutdown_signal().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
-            tracing::warn!("streams still open after the grace period; exiting");
-            Ok(())
-        }
+        result = server => result.map_err(AppError::Serve)?,
+        _ = async {
+            let _ = stopped.wait_for(|s| *s).await;
+            tokio::time::sleep(drain + CLOSE_GRACE).await;
+        } => tracing::warn!("connections still open after the drain; exiting"),
     }
+    // The server may finish before the drain does (no connections open).
+    let _ = drained.await;
+    app.chat.store().writer().flush().await;
+    Ok(())
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

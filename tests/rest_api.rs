@@ -230,6 +230,7 @@ const CONVERSATION_KEYS: &[&str] = &[
     "id",
     "title",
     "model",
+    "provider",
     "system_prompt",
     "temperature",
     "max_tokens",

@@ -47,10 +47,22 @@ impl ChatEvent {
     pub fn is_terminal(&self) -> bool {
         matches!(self, ChatEvent::Done(_) | ChatEvent::Error(_))
     }
+
+    /// Parses a stored event back from its SSE name and JSON data; `None`
+    /// for an unknown name or data that does not fit.
+    pub fn from_parts(name: &str, data: &str) -> Option<Self> {
+        Some(match name {
+            "start" => ChatEvent::Start(serde_json::from_str(data).ok()?),
+            "process_step" => ChatEvent::Step(serde_json::from_str(data).ok()?),
+            "done" => ChatEvent::Done(serde_json::from_str(data).ok()?),
+            "error" => ChatEvent::Error(serde_json::from_str(data).ok()?),
+            _ => return None,
+        })
+    }
 }
 
 /// `start`: the reply has begun; its rows exist in the database.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StartEvent {
     pub conversation_id: Uuid,
     pub user_message_id: Uuid,
@@ -110,7 +122,7 @@ pub enum StepKind {
 }
 
 /// Token counts summed over every round of the reply (OpenAI `usage` shape).
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct UsageTotals {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
@@ -118,7 +130,7 @@ pub struct UsageTotals {
 }
 
 /// `done`: the reply ended normally (or was cancelled) and is stored.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DoneEvent {
     pub conversation_id: Uuid,
     pub message_id: Uuid,
@@ -132,12 +144,28 @@ pub struct DoneEvent {
 }
 
 /// `error`: the reply failed; what was produced before is stored.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ErrorEvent {
     /// Stable code: `upstream_unavailable`, `rate_limited`,
-    /// `upstream_timeout`, `upstream_error`, `max_iterations` or `internal`.
+    /// `upstream_timeout`, `upstream_error`, `max_iterations`, `interrupted`
+    /// or `internal`.
     pub code: String,
     pub message: String,
     /// Whether sending the same message again may succeed.
     pub retryable: bool,
+}
+
+impl ErrorEvent {
+    /// An error event; `retryable` follows from the code.
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        let retryable = matches!(
+            code,
+            "upstream_unavailable" | "rate_limited" | "upstream_timeout" | "interrupted"
+        );
+        Self {
+            code: code.to_string(),
+            message: message.into(),
+            retryable,
+        }
+    }
 }

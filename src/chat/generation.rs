@@ -37,25 +37,33 @@ enum Stop {
 }
 
 impl Stop {
-    fn event(&self) -> ErrorEvent {
-        let (code, message, retryable) = match self {
-            Stop::Llm(LlmError::Unavailable(m)) => ("upstream_unavailable", m.clone(), true),
-            Stop::Llm(e @ LlmError::RateLimited { .. }) => ("rate_limited", e.to_string(), true),
-            Stop::Llm(e @ LlmError::Timeout(_)) => ("upstream_timeout", e.to_string(), true),
-            Stop::Llm(LlmError::Upstream(m)) => ("upstream_error", m.clone(), false),
-            Stop::MaxIterations(n) => (
+    /// The `error` event for this stop; `None` for a cancel (which ends with
+    /// `done`).
+    fn event(&self, interrupted: bool) -> Option<ErrorEvent> {
+        Some(match self {
+            Stop::Cancelled if interrupted => ErrorEvent::new(
+                "interrupted",
+                "the server is shutting down; the partial reply is stored",
+            ),
+            Stop::Cancelled => return None,
+            Stop::Llm(e @ LlmError::Unavailable(_)) => ErrorEvent::new("upstream_unavailable", upstream_text(e)),
+            Stop::Llm(e @ LlmError::RateLimited { .. }) => ErrorEvent::new("rate_limited", e.to_string()),
+            Stop::Llm(e @ LlmError::Timeout { .. }) => ErrorEvent::new("upstream_timeout", e.to_string()),
+            Stop::Llm(e @ LlmError::Upstream(_)) => ErrorEvent::new("upstream_error", upstream_text(e)),
+            Stop::MaxIterations(n) => ErrorEvent::new(
                 "max_iterations",
                 format!("the model was still calling tools after {n} rounds; the reply was stopped"),
-                false,
             ),
-            Stop::Internal(m) => ("internal", m.clone(), false),
-            Stop::Cancelled => ("cancelled", "the reply was cancelled".to_string(), false),
-        };
-        ErrorEvent {
-            code: code.to_string(),
-            message,
-            retryable,
-        }
+            Stop::Internal(m) => ErrorEvent::new("internal", m.clone()),
+        })
+    }
+}
+
+/// The upstream's own words for unavailable/upstream errors (no prefix).
+fn upstream_text(e: &LlmError) -> String {
+    match e {
+        LlmError::Unavailable(m) | LlmError::Upstream(m) => m.clone(),
+        other => other.to_string(),
     }
 }
 
@@ -94,15 +102,14 @@ impl Generation {
             tracing::warn!(message_id = %reply.message_id, reason = ?stop, "reply stopped");
         }
 
+        let interrupted = reply.is_interrupted();
         let (status, finish_reason) = match &result {
             Ok(reason) => (Status::Complete, Some(reason.clone())),
+            Err(Stop::Cancelled) if interrupted => (Status::Interrupted, None),
             Err(Stop::Cancelled) => (Status::Cancelled, Some("cancelled".to_string())),
             Err(_) => (Status::Error, None),
         };
-        let error_event = match &result {
-            Err(stop @ (Stop::Llm(_) | Stop::MaxIterations(_) | Stop::Internal(_))) => Some(stop.event()),
-            _ => None,
-        };
+        let error_event = result.as_ref().err().and_then(|stop| stop.event(interrupted));
         let final_reply = FinalReply {
             status,
             content: rec.content.clone(),
@@ -114,18 +121,20 @@ impl Generation {
             finish_reason: finish_reason.clone(),
             error: error_event
                 .as_ref()
+                .filter(|_| status == Status::Error)
                 .map(|e| json!({"code": e.code, "message": e.message})),
         };
         let stored = self
             .deps
             .store
-            .finish_reply(reply.message_id, &self.settings.model, &final_reply)
+            .writer()
+            .finish(reply.message_id, &self.settings.model, final_reply)
             .await;
 
         let terminal = match (stored, error_event, finish_reason) {
             (Err(e), _, _) => {
                 tracing::error!(message_id = %reply.message_id, error = %e, "could not store the reply");
-                ChatEvent::Error(Stop::Internal("the reply could not be saved".into()).event())
+                ChatEvent::Error(ErrorEvent::new("internal", "the reply could not be saved"))
             }
             (Ok(()), Some(error), _) => ChatEvent::Error(error),
             (Ok(()), None, reason) => ChatEvent::Done(DoneEvent {
@@ -159,7 +168,8 @@ impl Generation {
                 return Ok(finish_reason.unwrap_or_else(|| "stop".to_string()));
             }
             for call in &calls {
-                self.reply.push(rec.tool_call(call));
+                let event = rec.tool_call(call);
+                self.emit(rec, event);
             }
             messages.push(RequestMessage::Assistant {
                 content: round_text(rec, round).unwrap_or_default(),
@@ -267,7 +277,8 @@ impl Generation {
                 if let Some(delta) = &choice.delta {
                     for reasoning in [&delta.reasoning_content, &delta.reasoning].into_iter().flatten() {
                         if !reasoning.is_empty() {
-                            self.reply.push(rec.thinking(reasoning));
+                            let event = rec.thinking(reasoning);
+                            self.emit(rec, event);
                         }
                     }
                     if let Some(content) = delta.content.as_deref().filter(|c| !c.is_empty()) {
@@ -308,7 +319,22 @@ impl Generation {
             Piece::Thinking(t) => rec.thinking(&t),
             Piece::Text(t) => rec.text(&t),
         };
+        self.emit(rec, event);
+    }
+
+    /// Publishes a step and, at most every `chat.flush_interval_ms`, writes
+    /// the partial reply to its message row (what a crash can lose).
+    fn emit(&self, rec: &mut StepRecorder, event: ChatEvent) {
         self.reply.push(event);
+        let interval = std::time::Duration::from_millis(self.deps.config.chat.flush_interval_ms);
+        if rec.snapshot_due(interval) {
+            let steps = serde_json::to_string(rec.stored()).unwrap_or_else(|_| "[]".into());
+            let reasoning = (!rec.reasoning.is_empty()).then(|| rec.reasoning.clone());
+            self.deps
+                .store
+                .writer()
+                .snapshot(self.reply.message_id, rec.content.clone(), reasoning, steps);
+        }
     }
 
     /// Runs a round's calls, publishing each result and appending it to the
@@ -343,8 +369,8 @@ impl Generation {
                 tool_call_id: call.id.clone(),
                 content: outcome.content.clone(),
             });
-            self.reply
-                .push(rec.tool_result(call, outcome.content, outcome.success, outcome.duration_ms));
+            let event = rec.tool_result(call, outcome.content, outcome.success, outcome.duration_ms);
+            self.emit(rec, event);
         }
     }
 }

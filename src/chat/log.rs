@@ -7,7 +7,7 @@
 //! appended.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use super::events::ChatEvent;
 use crate::config::OnDisconnect;
+use crate::store::Writer;
 
 /// One event with its position (`seq`, 1-based within the reply) and its
 /// JSON `data`, serialized once.
@@ -25,7 +26,22 @@ use crate::config::OnDisconnect;
 pub struct LoggedEvent {
     pub seq: u64,
     pub event: ChatEvent,
-    pub data: String,
+    pub data: Arc<str>,
+}
+
+impl LoggedEvent {
+    /// Serializes `event` at position `seq`.
+    pub fn new(seq: u64, event: ChatEvent) -> Self {
+        let data = serde_json::to_string(&event).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "event did not serialize");
+            "{}".to_string()
+        });
+        Self {
+            seq,
+            event,
+            data: data.into(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -46,11 +62,17 @@ pub struct Reply {
     pub cancel: CancellationToken,
     subscribers: AtomicUsize,
     on_disconnect: OnDisconnect,
+    /// Set before `cancel` when the server stops the reply (shutdown), so it
+    /// is stored as `interrupted` rather than `cancelled`.
+    interrupted: AtomicBool,
+    /// Where events are also appended durably (the `reply_events` table).
+    sink: Option<Writer>,
 }
 
 impl Reply {
-    /// A new, empty reply log.
-    pub fn new(message_id: Uuid, conversation_id: Uuid, on_disconnect: OnDisconnect) -> Self {
+    /// A new, empty reply log; with a `sink`, every event is also queued
+    /// for the database.
+    pub fn new(message_id: Uuid, conversation_id: Uuid, on_disconnect: OnDisconnect, sink: Option<Writer>) -> Self {
         Self {
             message_id,
             conversation_id,
@@ -59,6 +81,57 @@ impl Reply {
             cancel: CancellationToken::new(),
             subscribers: AtomicUsize::new(0),
             on_disconnect,
+            interrupted: AtomicBool::new(false),
+            sink,
+        }
+    }
+
+    /// A finished log holding `events` (a replay built from storage).
+    pub fn replayed(message_id: Uuid, conversation_id: Uuid, events: Vec<Arc<LoggedEvent>>) -> Self {
+        let reply = Self::new(message_id, conversation_id, OnDisconnect::Continue, None);
+        {
+            let mut state = reply.state();
+            state.finished = true;
+            state.events = events;
+        }
+        reply
+    }
+
+    /// Stops the reply because the server is stopping: it is stored as
+    /// `interrupted`.
+    pub fn interrupt(&self) {
+        self.interrupted.store(true, Ordering::SeqCst);
+        self.cancel.cancel();
+    }
+
+    /// Whether [`Reply::interrupt`] was called.
+    pub fn is_interrupted(&self) -> bool {
+        self.interrupted.load(Ordering::SeqCst)
+    }
+
+    /// Number of events so far.
+    pub fn len(&self) -> u64 {
+        *self.len.borrow() as u64
+    }
+
+    /// Whether no event was appended yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The terminal event, once appended.
+    pub fn terminal(&self) -> Option<Arc<LoggedEvent>> {
+        let state = self.state();
+        state.events.last().filter(|e| e.event.is_terminal()).cloned()
+    }
+
+    /// Waits until the terminal event is appended.
+    pub async fn finished(&self) {
+        let mut rx = self.len.subscribe();
+        while !self.is_finished() {
+            if rx.changed().await.is_err() {
+                return;
+            }
         }
     }
 
@@ -70,22 +143,21 @@ impl Reply {
     /// Appends `event`; returns its seq. Events after a terminal one are
     /// ignored (returns 0).
     pub fn push(&self, event: ChatEvent) -> u64 {
-        let data = serde_json::to_string(&event).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "event did not serialize");
-            "{}".to_string()
-        });
-        let len = {
+        let logged = {
             let mut state = self.state();
             if state.finished {
                 return 0;
             }
             state.finished = event.is_terminal();
-            let seq = state.events.len() as u64 + 1;
-            state.events.push(Arc::new(LoggedEvent { seq, event, data }));
-            state.events.len()
+            let logged = Arc::new(LoggedEvent::new(state.events.len() as u64 + 1, event));
+            state.events.push(logged.clone());
+            logged
         };
-        self.len.send_replace(len);
-        len as u64
+        if let Some(sink) = &self.sink {
+            sink.event(self.message_id, logged.seq, logged.event.name(), logged.data.clone());
+        }
+        self.len.send_replace(logged.seq as usize);
+        logged.seq
     }
 
     /// Whether the terminal event has been appended.
@@ -144,39 +216,62 @@ impl Drop for SubscriberGuard {
 }
 
 /// Replies by assistant message id: running ones, and finished ones for the
-/// retention window.
+/// retention window; plus which conversation has a reply running.
 #[derive(Debug, Default)]
 pub struct ReplyRegistry {
-    replies: Mutex<HashMap<Uuid, Arc<Reply>>>,
+    inner: Mutex<Registry>,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    replies: HashMap<Uuid, Arc<Reply>>,
+    /// conversation id -> running reply
+    running: HashMap<Uuid, Arc<Reply>>,
 }
 
 impl ReplyRegistry {
-    fn map(&self) -> MutexGuard<'_, HashMap<Uuid, Arc<Reply>>> {
-        self.replies.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Registry> {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers `reply` as running unless its conversation already has a
+    /// running reply, which is returned instead.
+    pub fn insert_if_idle(&self, reply: Arc<Reply>) -> Option<Arc<Reply>> {
+        let mut inner = self.lock();
+        if let Some(running) = inner.running.get(&reply.conversation_id) {
+            return Some(running.clone());
+        }
+        inner.running.insert(reply.conversation_id, reply.clone());
+        inner.replies.insert(reply.message_id, reply);
+        None
+    }
+
+    /// Marks a reply as no longer running (it stays replayable).
+    pub fn finished(&self, reply: &Reply) {
+        let mut inner = self.lock();
+        if inner
+            .running
+            .get(&reply.conversation_id)
+            .is_some_and(|r| r.message_id == reply.message_id)
+        {
+            inner.running.remove(&reply.conversation_id);
+        }
+    }
+
+    /// Forgets a reply now.
+    pub fn remove(&self, reply: &Reply) {
+        self.finished(reply);
+        self.lock().replies.remove(&reply.message_id);
     }
 
     /// The reply with that message id, if still in memory.
     pub fn get(&self, message_id: Uuid) -> Option<Arc<Reply>> {
-        self.map().get(&message_id).cloned()
+        self.lock().replies.get(&message_id).cloned()
     }
 
-    /// Registers `reply` unless its conversation already has a running
-    /// reply, which is returned instead.
-    pub fn insert_if_idle(&self, reply: Arc<Reply>) -> Option<Arc<Reply>> {
-        let mut map = self.map();
-        if let Some(running) = map
-            .values()
-            .find(|r| r.conversation_id == reply.conversation_id && !r.is_finished())
-        {
-            return Some(running.clone());
-        }
-        map.insert(reply.message_id, reply);
-        None
-    }
-
-    /// Forgets a reply now.
-    pub fn remove(&self, message_id: Uuid) {
-        self.map().remove(&message_id);
+    /// Every running reply.
+    pub fn running(&self) -> Vec<Arc<Reply>> {
+        self.lock().running.values().cloned().collect()
     }
 
     /// Forgets the reply after `retention`.
@@ -185,7 +280,7 @@ impl ReplyRegistry {
         tokio::spawn(async move {
             tokio::time::sleep(retention).await;
             if let Some(registry) = registry.upgrade() {
-                registry.map().remove(&message_id);
+                registry.lock().replies.remove(&message_id);
             }
         });
     }
@@ -207,7 +302,7 @@ mod tests {
 
     #[tokio::test]
     async fn subscribers_replay_then_follow() {
-        let reply = Arc::new(Reply::new(Uuid::now_v7(), Uuid::now_v7(), OnDisconnect::Continue));
+        let reply = Arc::new(Reply::new(Uuid::now_v7(), Uuid::now_v7(), OnDisconnect::Continue, None));
         reply.push(error());
         assert_eq!(reply.push(error()), 0, "nothing after a terminal event");
         let all: Vec<_> = reply.subscribe(0).collect().await;
@@ -219,7 +314,7 @@ mod tests {
 
     #[tokio::test]
     async fn last_subscriber_leaving_cancels_under_cancel_policy() {
-        let reply = Arc::new(Reply::new(Uuid::now_v7(), Uuid::now_v7(), OnDisconnect::Cancel));
+        let reply = Arc::new(Reply::new(Uuid::now_v7(), Uuid::now_v7(), OnDisconnect::Cancel, None));
         let a = reply.subscribe(0);
         let b = reply.subscribe(0);
         drop(a);

@@ -8,6 +8,7 @@ pub mod events;
 mod generation;
 mod history;
 pub mod log;
+mod replay;
 pub mod steps;
 mod think;
 pub mod title;
@@ -34,6 +35,16 @@ pub enum ChatError {
     /// No conversation has that id.
     #[error("conversation {0} not found")]
     ConversationNotFound(Uuid),
+    /// No reply (assistant message) has that id.
+    #[error("message {0} not found")]
+    MessageNotFound(Uuid),
+    /// The reply already ended (with the given status), so it cannot be
+    /// cancelled.
+    #[error("the reply already ended with status {status}; there is nothing to cancel")]
+    AlreadyEnded { status: &'static str },
+    /// The server is shutting down and takes no new messages.
+    #[error("the server is shutting down; send the message again in a moment")]
+    ShuttingDown,
     /// The conversation already has a reply running.
     #[error("conversation {conversation_id} already has a reply running (message {message_id}); wait for it to finish")]
     Busy { conversation_id: Uuid, message_id: Uuid },
@@ -55,6 +66,8 @@ pub struct Deps {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SettingsInput {
     pub model: Option<String>,
+    /// A `[[providers]]` name.
+    pub provider: Option<String>,
     pub system_prompt: Option<String>,
     /// 0..=2.
     pub temperature: Option<f64>,
@@ -67,6 +80,7 @@ pub struct SettingsInput {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     pub model: String,
+    pub provider: Option<String>,
     pub system_prompt: Option<String>,
     pub temperature: Option<f64>,
     pub max_tokens: Option<u32>,
@@ -129,6 +143,11 @@ pub fn validate_settings(s: &SettingsInput) -> Result<(), ChatError> {
     if s.max_tokens == Some(0) {
         return Err(ChatError::Invalid("max_tokens must be at least 1".into()));
     }
+    if s.provider.as_deref().is_some_and(|p| p.trim().is_empty()) {
+        return Err(ChatError::Invalid(
+            "provider must not be blank; omit it to route by model".into(),
+        ));
+    }
     if s.model.as_deref().is_some_and(|m| m.trim().is_empty()) {
         return Err(ChatError::Invalid(
             "model must not be blank; omit it to use the default".into(),
@@ -141,7 +160,11 @@ pub fn validate_settings(s: &SettingsInput) -> Result<(), ChatError> {
 pub struct ChatService {
     deps: Arc<Deps>,
     replies: Arc<ReplyRegistry>,
+    draining: std::sync::atomic::AtomicBool,
 }
+
+/// How long a cancel waits for the reply to store its final state.
+const CANCEL_WAIT: Duration = Duration::from_secs(10);
 
 impl ChatService {
     /// A service over the given store, upstream client, tools and config.
@@ -154,6 +177,7 @@ impl ChatService {
                 config,
             }),
             replies: Arc::new(ReplyRegistry::default()),
+            draining: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -223,6 +247,7 @@ impl ChatService {
                 let new = NewConversation {
                     title: Some(title::from_message(&input.message)),
                     model: s.model.clone(),
+                    provider: s.provider.clone(),
                     system_prompt: s.system_prompt.clone(),
                     temperature: s.temperature,
                     max_tokens: s.max_tokens,
@@ -234,7 +259,15 @@ impl ChatService {
         let settings = self.effective(&conversation, &input.settings)?;
 
         let message_id = Uuid::now_v7();
-        let reply = Arc::new(Reply::new(message_id, conversation.id, config.chat.on_disconnect));
+        if self.draining.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ChatError::ShuttingDown);
+        }
+        let reply = Arc::new(Reply::new(
+            message_id,
+            conversation.id,
+            config.chat.on_disconnect,
+            Some(self.deps.store.writer().clone()),
+        ));
         if let Some(running) = self.replies.insert_if_idle(reply.clone()) {
             return Err(ChatError::Busy {
                 conversation_id: conversation.id,
@@ -251,7 +284,7 @@ impl ChatService {
         };
         let begun = self.deps.store.begin_turn(&turn).await;
         if !matches!(begun, Ok(true)) {
-            self.replies.remove(message_id);
+            self.replies.remove(&reply);
             begun?;
             return Err(ChatError::ConversationNotFound(conversation.id));
         }
@@ -266,6 +299,7 @@ impl ChatService {
             suggested_title: if create { conversation.title.clone() } else { None },
         };
         let registry = self.replies.clone();
+        let finished = reply.clone();
         let retention = Duration::from_millis(config.chat.replay_retention_ms);
         let span = tracing::info_span!("reply", conversation_id = %conversation.id, message_id = %message_id);
         tokio::spawn(tracing::Instrument::instrument(
@@ -273,11 +307,96 @@ impl ChatService {
                 let started = std::time::Instant::now();
                 generation.run().await;
                 tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "reply finished");
+                registry.finished(&finished);
                 registry.expire(message_id, retention);
             },
             span,
         ));
         Ok(reply)
+    }
+
+    /// The events of a reply for a client that resumes: live from memory
+    /// while the reply runs or was recently finished, else replayed from the
+    /// database (exact while its events are stored, compact after).
+    ///
+    /// Errors: [`ChatError::MessageNotFound`] when no assistant message has
+    /// that id; [`ChatError::Store`].
+    pub async fn reply_for_resume(&self, message_id: Uuid) -> Result<Arc<Reply>, ChatError> {
+        if let Some(reply) = self.replies.get(message_id) {
+            return Ok(reply);
+        }
+        let message = self
+            .deps
+            .store
+            .message(message_id)
+            .await?
+            .filter(|m| m.role == crate::store::Role::Assistant)
+            .ok_or(ChatError::MessageNotFound(message_id))?;
+        let events = replay::from_store(&self.deps.store, &message).await?;
+        Ok(Arc::new(Reply::replayed(message.id, message.conversation_id, events)))
+    }
+
+    /// Cancels a running reply and waits (up to 10 s) until it is stored
+    /// with status `cancelled`. Cancelling a reply that was already cancelled
+    /// succeeds again.
+    ///
+    /// Errors: [`ChatError::MessageNotFound`]; [`ChatError::AlreadyEnded`]
+    /// when it ended otherwise (complete, error, interrupted);
+    /// [`ChatError::Store`].
+    pub async fn cancel(&self, message_id: Uuid) -> Result<(), ChatError> {
+        if let Some(reply) = self.replies.get(message_id)
+            && !reply.is_finished()
+        {
+            reply.cancel.cancel();
+            if tokio::time::timeout(CANCEL_WAIT, reply.finished()).await.is_err() {
+                tracing::warn!(%message_id, "cancelled reply did not finish in time");
+            }
+        }
+        let message = self
+            .deps
+            .store
+            .message(message_id)
+            .await?
+            .filter(|m| m.role == crate::store::Role::Assistant)
+            .ok_or(ChatError::MessageNotFound(message_id))?;
+        match message.status {
+            crate::store::Status::Cancelled => Ok(()),
+            other => Err(ChatError::AlreadyEnded { status: other.as_str() }),
+        }
+    }
+
+    /// Stops taking new messages, lets running replies finish for up to
+    /// `drain`, then interrupts the rest (stored as `interrupted`) and waits
+    /// until every reply and every queued write is stored.
+    pub async fn shutdown(&self, drain: Duration) {
+        self.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + drain;
+        loop {
+            let running = self.replies.running();
+            if running.is_empty() {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    count = running.len(),
+                    "drain timeout: interrupting the replies still running"
+                );
+                for reply in &running {
+                    reply.interrupt();
+                }
+                for reply in running {
+                    let _ = tokio::time::timeout(CANCEL_WAIT, reply.finished()).await;
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.deps.store.writer().flush().await;
+    }
+
+    /// Number of replies running now.
+    pub fn running(&self) -> usize {
+        self.replies.running().len()
     }
 
     fn enabled_tools(&self, selection: &ToolSelection) -> Result<Vec<String>, ChatError> {
@@ -314,6 +433,7 @@ impl ChatService {
         }
         Ok(Settings {
             model,
+            provider: s.provider.clone().or_else(|| c.provider.clone()),
             system_prompt: s.system_prompt.clone().or_else(|| c.system_prompt.clone()),
             temperature: s.temperature.or(c.temperature),
             max_tokens: s.max_tokens.or(c.max_tokens),

@@ -38,6 +38,8 @@ pub struct StepRecorder {
     reasoning_round: Option<u32>,
     /// Every tool call of the reply, in order.
     pub tool_calls: Vec<ToolCall>,
+    /// When the partial reply was last written to the database.
+    last_snapshot: Option<std::time::Instant>,
 }
 
 impl StepRecorder {
@@ -132,6 +134,23 @@ impl StepRecorder {
             },
         });
         self.stored.len() - 1
+    }
+
+    /// Whether `interval` has passed since the last snapshot (the first call
+    /// starts the clock); resets the clock when it returns true.
+    pub fn snapshot_due(&mut self, interval: std::time::Duration) -> bool {
+        let now = std::time::Instant::now();
+        match self.last_snapshot {
+            Some(last) if now.duration_since(last) < interval => false,
+            Some(_) => {
+                self.last_snapshot = Some(now);
+                true
+            }
+            None => {
+                self.last_snapshot = Some(now);
+                false
+            }
+        }
     }
 
     /// The stored steps so far.

@@ -1,14 +1,16 @@
 //! `POST /api/chat`: validate, start the reply, answer with its event stream.
 
+use axum::Json;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::AppState;
-use super::error::ApiError;
-use super::extract::ApiJson;
+use super::error::{ApiError, parse_uuid};
+use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::sse::{StreamMode, sse_response};
 use crate::chat::{ChatInput, SettingsInput, ToolChoice, ToolSelection};
 
@@ -23,6 +25,9 @@ pub struct ChatBody {
     pub conversation_id: Option<Uuid>,
     #[serde(default)]
     pub model: Option<String>,
+    /// A `[[providers]]` name; absent routes by model.
+    #[serde(default)]
+    pub provider: Option<String>,
     #[serde(default)]
     pub system_prompt: Option<String>,
     /// 0..=2.
@@ -50,7 +55,54 @@ pub async fn post_chat(State(state): State<AppState>, ApiJson(body): ApiJson<Cha
     let mode = body.stream_mode;
     let input = body.into_input()?;
     let reply = state.chat.start(input).await?;
-    Ok(sse_response(reply.subscribe(0), mode, &state.chat.config().chat))
+    Ok(sse_response(&reply, 0, mode, &state.chat.config().chat))
+}
+
+/// Query of `GET /api/chat/{message_id}/events`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResumeQuery {
+    /// Replay the events after this id (the `Last-Event-ID` header wins).
+    #[serde(default)]
+    after: Option<u64>,
+    #[serde(default)]
+    stream_mode: StreamMode,
+}
+
+/// `GET /api/chat/{message_id}/events`: the reply's events after the one
+/// named by `Last-Event-ID` (or `?after=N`), with their original ids, then
+/// live until the terminal event.
+pub async fn resume(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    headers: HeaderMap,
+    ApiQuery(query): ApiQuery<ResumeQuery>,
+) -> Result<Response, ApiError> {
+    let message_id = parse_uuid("message id", &id)?;
+    let after = match headers.get("last-event-id") {
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .ok_or_else(|| ApiError::invalid_request("Last-Event-ID must be a whole number (an event id)"))?,
+        None => query.after.unwrap_or(0),
+    };
+    let reply = state.chat.reply_for_resume(message_id).await?;
+    Ok(sse_response(
+        &reply,
+        after,
+        query.stream_mode,
+        &state.chat.config().chat,
+    ))
+}
+
+/// `POST /api/chat/{message_id}/cancel`: 200 `{"message_id","status":"cancelled"}`
+/// once the reply is stored as cancelled (also when it already was); 404 for
+/// an unknown message; 409 `reply_finished` for a reply that ended otherwise.
+pub async fn cancel(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<Json<Value>, ApiError> {
+    let message_id = parse_uuid("message id", &id)?;
+    state.chat.cancel(message_id).await?;
+    Ok(Json(json!({"message_id": message_id, "status": "cancelled"})))
 }
 
 impl ChatBody {
@@ -68,6 +120,7 @@ impl ChatBody {
             conversation_id: self.conversation_id,
             settings: SettingsInput {
                 model: self.model,
+                provider: self.provider,
                 system_prompt: self.system_prompt,
                 temperature: self.temperature,
                 max_tokens,

@@ -54,6 +54,9 @@ pub struct CreateBody {
     title: Option<String>,
     #[serde(default)]
     model: Option<String>,
+    /// A `[[providers]]` name the conversation is pinned to.
+    #[serde(default)]
+    provider: Option<String>,
     #[serde(default)]
     system_prompt: Option<String>,
     #[serde(default)]
@@ -71,6 +74,7 @@ pub async fn create(
 ) -> Result<impl IntoResponse, ApiError> {
     validate_settings(&SettingsInput {
         model: body.model.clone(),
+        provider: body.provider.clone(),
         system_prompt: None,
         temperature: body.temperature,
         max_tokens: body.max_tokens,
@@ -82,6 +86,7 @@ pub async fn create(
         .create_conversation(NewConversation {
             title: body.title,
             model: body.model,
+            provider: body.provider,
             system_prompt: body.system_prompt,
             temperature: body.temperature,
             max_tokens: body.max_tokens,
@@ -111,6 +116,8 @@ pub struct PatchBody {
     #[serde(default, deserialize_with = "present")]
     model: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
+    provider: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
     system_prompt: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     temperature: Option<Option<f64>>,
@@ -138,6 +145,7 @@ pub async fn patch(
     let id = parse_uuid("conversation id", &id)?;
     validate_settings(&SettingsInput {
         model: body.model.clone().flatten(),
+        provider: body.provider.clone().flatten(),
         system_prompt: None,
         temperature: body.temperature.flatten(),
         max_tokens: body.max_tokens.flatten(),
@@ -146,6 +154,7 @@ pub async fn patch(
     let patch = ConversationPatch {
         title: body.title,
         model: body.model,
+        provider: body.provider,
         system_prompt: body.system_prompt,
         temperature: body.temperature,
         max_tokens: body.max_tokens,

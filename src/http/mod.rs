@@ -2,6 +2,8 @@
 //!
 //! Routes:
 //! - `POST /api/chat` — start a reply, answered as `text/event-stream`
+//! - `GET /api/chat/{message_id}/events` — resume a reply's stream
+//! - `POST /api/chat/{message_id}/cancel` — stop a reply
 //! - `GET|POST /api/conversations`, `GET|PATCH|DELETE /api/conversations/{id}`,
 //!   `GET /api/conversations/{id}/messages`
 //! - `GET /api/tools`
@@ -39,6 +41,8 @@ pub fn router(chat: Arc<ChatService>) -> Router {
     let max_body = chat.config().http.max_body_bytes;
     Router::new()
         .route("/api/chat", post(chat::post_chat))
+        .route("/api/chat/{message_id}/events", get(chat::resume))
+        .route("/api/chat/{message_id}/cancel", post(chat::cancel))
         .route(
             "/api/conversations",
             get(conversations::list).post(conversations::create),

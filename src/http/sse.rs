@@ -12,12 +12,12 @@ use std::time::Duration;
 use axum::http::HeaderValue;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::chat::events::{ChatEvent, StepKind};
-use crate::chat::log::LoggedEvent;
+use crate::chat::log::Reply;
 use crate::config::ChatConfig;
 
 /// How thinking and text steps carry their text.
@@ -42,23 +42,23 @@ impl<'de> Deserialize<'de> for StreamMode {
     }
 }
 
-/// The SSE response for `events`.
-pub fn sse_response(
-    events: impl Stream<Item = Arc<LoggedEvent>> + Send + 'static,
-    mode: StreamMode,
-    config: &ChatConfig,
-) -> Response {
+/// The SSE response for `reply`'s events after `after` (0: all of them).
+/// In accumulated mode the skipped events still count toward `content`.
+pub fn sse_response(reply: &Arc<Reply>, after: u64, mode: StreamMode, config: &ChatConfig) -> Response {
+    let start = if mode == StreamMode::Accumulated { 0 } else { after };
     let mut so_far: HashMap<String, String> = HashMap::new();
-    let frames = events.map(move |logged| {
+    let frames = reply.subscribe(start).filter_map(move |logged| {
         let data = match mode {
             StreamMode::Delta => None,
             StreamMode::Accumulated => accumulate(&mut so_far, &logged.event),
         };
-        let frame = Event::default()
-            .id(logged.seq.to_string())
-            .event(logged.event.name())
-            .data(data.as_deref().unwrap_or(&logged.data));
-        Ok::<_, Infallible>(frame)
+        let frame = (logged.seq > after).then(|| {
+            Event::default()
+                .id(logged.seq.to_string())
+                .event(logged.event.name())
+                .data(data.as_deref().unwrap_or(&logged.data))
+        });
+        std::future::ready(frame.map(Ok::<_, Infallible>))
     });
     let keep_alive = KeepAlive::new().interval(Duration::from_millis(config.keepalive_interval_ms));
     let mut response = Sse::new(frames).keep_alive(keep_alive).into_response();

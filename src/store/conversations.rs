@@ -18,6 +18,9 @@ pub struct Conversation {
     pub title: Option<String>,
     /// Model name sent upstream; `None` uses the configured default.
     pub model: Option<String>,
+    /// Provider (a `[[providers]]` name) the conversation is pinned to;
+    /// `None` routes by model.
+    pub provider: Option<String>,
     /// System prompt sent first on every turn.
     pub system_prompt: Option<String>,
     /// Sampling temperature, 0..=2.
@@ -39,6 +42,7 @@ pub struct Conversation {
 pub struct NewConversation {
     pub title: Option<String>,
     pub model: Option<String>,
+    pub provider: Option<String>,
     pub system_prompt: Option<String>,
     pub temperature: Option<f64>,
     pub max_tokens: Option<u32>,
@@ -50,6 +54,7 @@ pub struct NewConversation {
 pub struct ConversationPatch {
     pub title: Option<Option<String>>,
     pub model: Option<Option<String>>,
+    pub provider: Option<Option<String>>,
     pub system_prompt: Option<Option<String>>,
     pub temperature: Option<Option<f64>>,
     pub max_tokens: Option<Option<u32>>,
@@ -64,6 +69,7 @@ impl Conversation {
             id: parse_id(&id)?,
             title: row.try_get("title")?,
             model: row.try_get("model")?,
+            provider: row.try_get("provider")?,
             system_prompt: row.try_get("system_prompt")?,
             temperature: row.try_get("temperature")?,
             max_tokens: max_tokens.and_then(|v| u32::try_from(v).ok()),
@@ -81,6 +87,9 @@ impl Conversation {
         if let Some(v) = patch.model {
             self.model = v;
         }
+        if let Some(v) = patch.provider {
+            self.provider = v;
+        }
         if let Some(v) = patch.system_prompt {
             self.system_prompt = v;
         }
@@ -97,8 +106,8 @@ impl Conversation {
 }
 
 pub(super) const INSERT_CONVERSATION: &str = "INSERT INTO conversations \
-    (id, title, model, system_prompt, temperature, max_tokens, thinking, created_at, updated_at) \
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)";
+    (id, title, model, provider, system_prompt, temperature, max_tokens, thinking, created_at, updated_at) \
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
 /// Binds a conversation's columns in `INSERT_CONVERSATION` order and runs it.
 pub(super) async fn insert<'c, E>(exec: E, c: &Conversation) -> Result<(), StoreError>
@@ -109,6 +118,7 @@ where
         .bind(c.id.to_string())
         .bind(&c.title)
         .bind(&c.model)
+        .bind(&c.provider)
         .bind(&c.system_prompt)
         .bind(c.temperature)
         .bind(c.max_tokens.map(i64::from))
@@ -128,6 +138,7 @@ impl NewConversation {
             id: Uuid::now_v7(),
             title: self.title,
             model: self.model,
+            provider: self.provider,
             system_prompt: self.system_prompt,
             temperature: self.temperature,
             max_tokens: self.max_tokens,
@@ -209,11 +220,12 @@ impl Store {
         c.apply(patch);
         c.updated_at = now_ms().max(c.updated_at);
         sqlx::query(
-            "UPDATE conversations SET title = ?, model = ?, system_prompt = ?, temperature = ?, \
+            "UPDATE conversations SET title = ?, model = ?, provider = ?, system_prompt = ?, temperature = ?, \
              max_tokens = ?, thinking = ?, updated_at = ? WHERE id = ?",
         )
         .bind(&c.title)
         .bind(&c.model)
+        .bind(&c.provider)
         .bind(&c.system_prompt)
         .bind(c.temperature)
         .bind(c.max_tokens.map(i64::from))

@@ -159,6 +159,50 @@ pub struct FinalReply {
     pub error: Option<Value>,
 }
 
+/// Writes a reply's final state and adds its tokens to the usage ledger,
+/// inside the writer's transaction.
+pub(super) async fn write_final(
+    tx: &mut sqlx::SqliteConnection,
+    message_id: Uuid,
+    model: &str,
+    reply: &FinalReply,
+    now: i64,
+) -> Result<(), StoreError> {
+    let usage = serde_json::json!({
+        "prompt_tokens": reply.prompt_tokens,
+        "completion_tokens": reply.completion_tokens,
+        "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+    });
+    sqlx::query(
+        "UPDATE messages SET status = ?, content = ?, reasoning = ?, steps = ?, tool_calls = ?, \
+         usage = ?, finish_reason = ?, error = ?, updated_at = ? WHERE id = ?",
+    )
+    .bind(reply.status.as_str())
+    .bind(&reply.content)
+    .bind(&reply.reasoning)
+    .bind(reply.steps.to_string())
+    .bind(reply.tool_calls.as_ref().map(Value::to_string))
+    .bind(usage.to_string())
+    .bind(&reply.finish_reason)
+    .bind(reply.error.as_ref().map(Value::to_string))
+    .bind(now)
+    .bind(message_id.to_string())
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE conversations SET updated_at = max(updated_at, ?) \
+         WHERE id = (SELECT conversation_id FROM messages WHERE id = ?)",
+    )
+    .bind(now)
+    .bind(message_id.to_string())
+    .execute(&mut *tx)
+    .await?;
+    if reply.prompt_tokens + reply.completion_tokens > 0 {
+        usage::add(&mut *tx, model, reply.prompt_tokens, reply.completion_tokens).await?;
+    }
+    Ok(())
+}
+
 const INSERT_MESSAGE: &str = "INSERT INTO messages \
     (id, conversation_id, role, content, status, model, created_at, updated_at) \
     VALUES (?, ?, ?, ?, ?, ?, ?, ?)";
@@ -208,47 +252,6 @@ impl Store {
         Ok(true)
     }
 
-    /// Writes a reply's final state and adds its tokens to the usage ledger,
-    /// in one transaction.
-    pub async fn finish_reply(&self, message_id: Uuid, model: &str, reply: &FinalReply) -> Result<(), StoreError> {
-        let now = now_ms();
-        let usage = serde_json::json!({
-            "prompt_tokens": reply.prompt_tokens,
-            "completion_tokens": reply.completion_tokens,
-            "total_tokens": reply.prompt_tokens + reply.completion_tokens,
-        });
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query(
-            "UPDATE messages SET status = ?, content = ?, reasoning = ?, steps = ?, tool_calls = ?, \
-             usage = ?, finish_reason = ?, error = ?, updated_at = ? WHERE id = ?",
-        )
-        .bind(reply.status.as_str())
-        .bind(&reply.content)
-        .bind(&reply.reasoning)
-        .bind(reply.steps.to_string())
-        .bind(reply.tool_calls.as_ref().map(Value::to_string))
-        .bind(usage.to_string())
-        .bind(&reply.finish_reason)
-        .bind(reply.error.as_ref().map(Value::to_string))
-        .bind(now)
-        .bind(message_id.to_string())
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE conversations SET updated_at = max(updated_at, ?) \
-             WHERE id = (SELECT conversation_id FROM messages WHERE id = ?)",
-        )
-        .bind(now)
-        .bind(message_id.to_string())
-        .execute(&mut *tx)
-        .await?;
-        if reply.prompt_tokens + reply.completion_tokens > 0 {
-            usage::add(&mut *tx, model, reply.prompt_tokens, reply.completion_tokens).await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
     /// Every message of a conversation, oldest first.
     pub async fn messages(&self, conversation_id: Uuid) -> Result<Vec<MessageRow>, StoreError> {
         let rows = sqlx::query("SELECT * FROM messages WHERE conversation_id = ? ORDER BY created_at, rowid")
@@ -265,6 +268,47 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(MessageRow::from_row).transpose()
+    }
+
+    /// The id of the user message a reply answers (the user message just
+    /// before it in its conversation).
+    pub async fn user_message_before(&self, reply: &MessageRow) -> Result<Option<Uuid>, StoreError> {
+        let id: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM messages WHERE conversation_id = ? AND role = 'user' \
+             AND rowid < (SELECT rowid FROM messages WHERE id = ?) ORDER BY rowid DESC LIMIT 1",
+        )
+        .bind(reply.conversation_id.to_string())
+        .bind(reply.id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        id.as_deref().map(parse_id).transpose()
+    }
+
+    /// The stored events of a reply, by seq: `(seq, event name, JSON data)`.
+    pub async fn reply_events(&self, message_id: Uuid) -> Result<Vec<(u64, String, String)>, StoreError> {
+        let rows = sqlx::query("SELECT seq, event, data FROM reply_events WHERE message_id = ? ORDER BY seq")
+            .bind(message_id.to_string())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let seq: i64 = r.try_get("seq")?;
+                Ok((u64::try_from(seq).unwrap_or(0), r.try_get("event")?, r.try_get("data")?))
+            })
+            .collect()
+    }
+
+    /// Deletes the stored events of replies that are final and were last
+    /// written before `before_ms`. Returns how many rows went.
+    pub async fn prune_events(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM reply_events WHERE message_id IN \
+             (SELECT id FROM messages WHERE status != 'streaming' AND updated_at < ?)",
+        )
+        .bind(before_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 
     /// Marks replies left `streaming` by a previous process as `interrupted`

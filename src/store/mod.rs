@@ -8,6 +8,7 @@
 mod conversations;
 mod messages;
 mod usage;
+mod writer;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 pub use conversations::{Conversation, ConversationPatch, NewConversation};
 pub use messages::{FinalReply, MessageRow, NewTurn, Role, Status};
 pub use usage::UsageRow;
+pub use writer::Writer;
 
 /// Errors of the persistence layer.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +29,9 @@ pub enum StoreError {
     /// Applying the embedded migrations failed.
     #[error("migration error: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A batched write (through the [`Writer`]) failed.
+    #[error("database write failed: {0}")]
+    Write(String),
     /// A stored value could not be decoded (corrupt row or JSON column).
     #[error("corrupt row: {0}")]
     Corrupt(String),
@@ -36,6 +41,7 @@ pub enum StoreError {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: SqlitePool,
+    writer: Writer,
 }
 
 /// How long a connection waits for SQLite's write lock before failing.
@@ -56,7 +62,8 @@ impl Store {
             .max_connections(8)
             .connect_with(options)
             .await?;
-        let store = Self { pool };
+        let writer = Writer::spawn(pool.clone());
+        let store = Self { pool, writer };
         store.migrate().await?;
         Ok(store)
     }
@@ -65,6 +72,11 @@ impl Store {
     pub async fn migrate(&self) -> Result<(), StoreError> {
         sqlx::migrate!("./migrations").run(&self.pool).await?;
         Ok(())
+    }
+
+    /// The single writer for streaming data (events, snapshots, final replies).
+    pub fn writer(&self) -> &Writer {
+        &self.writer
     }
 
     /// The underlying pool, for health checks and tests.
