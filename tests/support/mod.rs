@@ -32,7 +32,8 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub chat: Arc<ChatService>,
     pub db_path: std::path::PathBuf,
-    _dir: tempfile::TempDir,
+    upstream: String,
+    dir: Arc<tempfile::TempDir>,
 }
 
 /// A config pointing at `upstream` with a fresh database in `dir`.
@@ -53,7 +54,22 @@ impl TestApp {
 
     /// chatd with `tweak` applied to the config and the given tools.
     pub async fn start_with(upstream: &str, tweak: impl FnOnce(&mut Config), tools: ToolRegistry) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+        Self::start_in(upstream, dir, tweak, tools).await
+    }
+
+    /// A second chatd on the same database file, as after a restart (this
+    /// one keeps running; its memory is not shared).
+    pub async fn reopen(&self, tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::start_in(&self.upstream, self.dir.clone(), tweak, ToolRegistry::with_builtins()).await
+    }
+
+    async fn start_in(
+        upstream: &str,
+        dir: Arc<tempfile::TempDir>,
+        tweak: impl FnOnce(&mut Config),
+        tools: ToolRegistry,
+    ) -> Self {
         let mut config = test_config(upstream, &dir);
         tweak(&mut config);
         let db_path = dir.path().join("chatd.db");
@@ -69,7 +85,8 @@ impl TestApp {
             http: reqwest::Client::new(),
             chat: app.chat,
             db_path,
-            _dir: dir,
+            upstream: upstream.to_string(),
+            dir,
         }
     }
 

@@ -1,0 +1,449 @@
+//! Resume, cancel, periodic snapshots and load on the SQLite store, over
+//! real HTTP with the mock upstream.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chatd::tools::{Tool, ToolError, ToolRegistry};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use serde_json::{Value, json};
+use support::mock::{self, MockResponse, MockUpstream};
+use support::{SseEvent, TestApp, read_events};
+
+fn slow_text(pieces: usize, delay_ms: u64) -> MockResponse {
+    let mut chunks: Vec<Value> = (0..pieces).map(|i| mock::content(&format!("w{i} "))).collect();
+    chunks.push(mock::finish("stop"));
+    chunks.push(mock::usage(5, pieces as u64));
+    mock::sse_with_delay(&chunks, delay_ms)
+}
+
+fn full_text(pieces: usize) -> String {
+    (0..pieces).map(|i| format!("w{i} ")).collect()
+}
+
+async fn post_chat(app: &TestApp, body: Value) -> reqwest::Response {
+    let r = app
+        .http
+        .post(app.url("/api/chat"))
+        .json(&body)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 200);
+    r
+}
+
+async fn resume(app: &TestApp, message_id: &str, last_event_id: Option<&str>, query: &str) -> Vec<SseEvent> {
+    let mut req = app.http.get(app.url(&format!("/api/chat/{message_id}/events{query}")));
+    if let Some(id) = last_event_id {
+        req = req.header("last-event-id", id);
+    }
+    let r = req.send().await.expect("resume");
+    assert_eq!(r.status(), 200, "resume status");
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    read_events(r, usize::MAX).await
+}
+
+fn ids(events: &[SseEvent]) -> Vec<u64> {
+    events.iter().map(|e| e.id.parse().expect("numeric id")).collect()
+}
+
+fn message_id(events: &[SseEvent]) -> String {
+    events[0].data["message_id"].as_str().expect("message_id").to_string()
+}
+
+#[tokio::test]
+async fn resume_mid_reply_with_last_event_id_loses_and_doubles_nothing() {
+    let upstream = MockUpstream::start().await;
+    upstream.push(slow_text(20, 25));
+    let app = TestApp::start(&upstream.base_url).await;
+
+    let first = read_events(post_chat(&app, json!({"message": "long"})).await, 5).await;
+    assert_eq!(ids(&first), [1, 2, 3, 4, 5]);
+    let id = message_id(&first);
+    let rest = resume(&app, &id, Some("5"), "").await;
+    assert_eq!(rest.first().map(|e| e.id.as_str()), Some("6"));
+    assert_eq!(rest.last().map(|e| e.event.as_str()), Some("done"));
+
+    let mut joined = first.clone();
+    joined.extend(rest);
+    assert_eq!(
+        ids(&joined),
+        (1..=joined.len() as u64).collect::<Vec<_>>(),
+        "no event lost, none doubled"
+    );
+    // 1 start + 20 deltas + done
+    assert_eq!(joined.len(), 22);
+    let text: String = joined.iter().filter_map(|e| e.data["delta"].as_str()).collect();
+    assert_eq!(text, full_text(20));
+
+    // A replay from the start after the end is the same stream.
+    let again = resume(&app, &id, None, "").await;
+    assert_eq!(again, joined);
+    // ?after= works too, and the header wins over it.
+    let tail = resume(&app, &id, None, "?after=20").await;
+    assert_eq!(ids(&tail), [21, 22]);
+    let tail = resume(&app, &id, Some("21"), "?after=3").await;
+    assert_eq!(ids(&tail), [22]);
+}
+
+#[tokio::test]
+async fn accumulated_resume_counts_the_skipped_deltas() {
+    let upstream = MockUpstream::start().await;
+    upstream.push(slow_text(4, 0));
+    let app = TestApp::start(&upstream.base_url).await;
+    let all = app.chat(json!({"message": "acc"})).await;
+    let id = message_id(&all);
+    let tail = resume(&app, &id, Some("3"), "?stream_mode=accumulated").await;
+    assert_eq!(ids(&tail), [4, 5, 6]);
+    assert_eq!(tail[0].data["content"], "w0 w1 w2 ");
+    assert_eq!(tail[1].data["content"], "w0 w1 w2 w3 ");
+    assert_eq!(tail[2].event, "done");
+}
+
+#[tokio::test]
+async fn resume_after_a_restart_replays_the_stored_events_then_compacts() {
+    let upstream = MockUpstream::start().await;
+    upstream.push(mock::tool_reply(
+        &[("c1", "calculator", r#"{"expression":"2*21"}"#)],
+        3,
+        4,
+    ));
+    upstream.push(mock::sse(&[
+        mock::reasoning_content("easy"),
+        mock::content("42"),
+        mock::finish("stop"),
+    ]));
+    let app = TestApp::start(&upstream.base_url).await;
+    let original = app.chat(json!({"message": "answer?"})).await;
+    let id = message_id(&original);
+
+    // A new process on the same file: nothing in memory, events from the table.
+    let restarted = app.reopen(|_| {}).await;
+    let replayed = resume(&restarted, &id, None, "").await;
+    let strip = |events: &[SseEvent]| -> Vec<SseEvent> {
+        events
+            .iter()
+            .cloned()
+            .map(|mut e| {
+                if let Some(d) = e.data.get_mut("duration_ms") {
+                    *d = json!(0);
+                }
+                e
+            })
+            .collect()
+    };
+    assert_eq!(strip(&replayed), strip(&original), "exact replay after a restart");
+    let tail = resume(&restarted, &id, Some("4"), "").await;
+    assert_eq!(ids(&tail), [5, 6]);
+
+    // After the retention window the rows are pruned and the replay is compact.
+    let compacted = app.reopen(|c| c.chat.replay_retention_ms = 1).await;
+    let mut compact = Vec::new();
+    for _ in 0..100 {
+        compact = resume(&compacted, &id, None, "").await;
+        if compact.len() == 6 && compact[4].data.get("content").is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let names: Vec<&str> = compact.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "start",
+            "process_step",
+            "process_step",
+            "process_step",
+            "process_step",
+            "done"
+        ]
+    );
+    assert_eq!(ids(&compact), [1, 2, 3, 4, 5, 6]);
+    assert_eq!(compact[0].data, original[0].data, "start carries the same ids");
+    assert_eq!(
+        compact[3].data,
+        json!({"id": "step-2", "index": 2, "type": "thinking", "content": "easy"})
+    );
+    assert_eq!(
+        compact[4].data,
+        json!({"id": "step-3", "index": 3, "type": "text", "content": "42"})
+    );
+    assert_eq!(compact[5].data["finish_reason"], "stop");
+    assert_eq!(
+        compact[5].data["usage"],
+        json!({"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7})
+    );
+}
+
+#[tokio::test]
+async fn resume_errors_are_json() {
+    let upstream = MockUpstream::start().await;
+    upstream.push(mock::text_reply(&["hi"], 1, 1));
+    let app = TestApp::start(&upstream.base_url).await;
+    let events = app.chat(json!({"message": "x"})).await;
+    let (status, body) = app.get(&format!("/api/chat/{}/events", uuid::Uuid::now_v7())).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
+    let (status, body) = app.get("/api/chat/nope/events").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_id")));
+    // A user message is not a reply.
+    let user_id = events[0].data["user_message_id"].as_str().expect("id");
+    let (status, _) = app.get(&format!("/api/chat/{user_id}/events")).await;
+    assert_eq!(status, 404);
+    let r = app
+        .http
+        .get(app.url(&format!("/api/chat/{}/events", message_id(&events))))
+        .header("last-event-id", "abc")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "invalid_request");
+}
+
+/// An SSE stream read event by event.
+fn events_of(response: reqwest::Response) -> impl futures::Stream<Item = SseEvent> + Unpin {
+    use eventsource_stream::Eventsource;
+    use futures::StreamExt;
+    Box::pin(response.bytes_stream().eventsource().map(|e| {
+        let e = e.expect("SSE");
+        SseEvent {
+            id: e.id,
+            event: e.event,
+            data: serde_json::from_str(&e.data).expect("JSON data"),
+        }
+    }))
+}
+
+async fn next(stream: &mut (impl futures::Stream<Item = SseEvent> + Unpin)) -> SseEvent {
+    use futures::StreamExt;
+    tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("event in time")
+        .expect("an event")
+}
+
+async fn rest(stream: &mut (impl futures::Stream<Item = SseEvent> + Unpin)) -> Vec<SseEvent> {
+    use futures::StreamExt;
+    let mut out = Vec::new();
+    while let Some(e) = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("stream ends")
+    {
+        out.push(e);
+    }
+    out
+}
+
+async fn cancel(app: &TestApp, id: &str) -> (u16, Value) {
+    app.send(reqwest::Method::POST, &format!("/api/chat/{id}/cancel"), None)
+        .await
+}
+
+#[tokio::test]
+async fn cancel_mid_text_keeps_the_partial_reply() {
+    let upstream = MockUpstream::start().await;
+    upstream.push(slow_text(100, 30));
+    let app = TestApp::start(&upstream.base_url).await;
+    let mut stream = events_of(post_chat(&app, json!({"message": "long"})).await);
+    let start = next(&mut stream).await;
+    let id = start.data["message_id"].as_str().expect("id").to_string();
+    for _ in 0..3 {
+        assert_eq!(next(&mut stream).await.event, "process_step");
+    }
+    let (status, body) = cancel(&app, &id).await;
+    assert_eq!((status, body), (200, json!({"message_id": id, "status": "cancelled"})));
+    let tail = rest(&mut stream).await;
+    let done = tail.last().expect("terminal event");
+    assert_eq!(done.event, "done");
+    assert_eq!(done.data["finish_reason"], "cancelled");
+    assert!(tail.len() < 100, "the reply stopped early ({} more events)", tail.len());
+
+    let row = app.message_row(&id).await;
+    assert_eq!(row["status"], "cancelled");
+    assert_eq!(row["finish_reason"], "cancelled");
+    let content = row["content"].as_str().expect("content");
+    assert!(
+        content.starts_with("w0 w1 w2 ") && content.len() < full_text(100).len(),
+        "{content:?}"
+    );
+
+    // Idempotent; and the upstream request was dropped (no more deltas).
+    assert_eq!(cancel(&app, &id).await.0, 200);
+    let replay = resume(&app, &id, None, "").await;
+    assert_eq!(replay.last().map(|e| e.event.as_str()), Some("done"));
+}
+
+#[tokio::test]
+async fn cancel_errors() {
+    let upstream = MockUpstream::start().await;
+    upstream.push(mock::text_reply(&["done"], 1, 1));
+    let app = TestApp::start(&upstream.base_url).await;
+    let events = app.chat(json!({"message": "x"})).await;
+    let (status, body) = cancel(&app, &message_id(&events)).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("reply_finished")));
+    assert!(body["error"]["message"].as_str().expect("message").contains("complete"));
+    let (status, body) = cancel(&app, &uuid::Uuid::now_v7().to_string()).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
+    let (status, body) = cancel(&app, "123").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_id")));
+}
+
+/// Sleeps until cancelled; records that its future was dropped.
+struct Blocks(Arc<AtomicBool>);
+
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Tool for Blocks {
+    fn name(&self) -> &str {
+        "blocks"
+    }
+    fn description(&self) -> &str {
+        "Waits a long time."
+    }
+    fn parameters(&self) -> Value {
+        json!({"type": "object"})
+    }
+    fn call(&self, _: Value) -> BoxFuture<'static, Result<String, ToolError>> {
+        let guard = SetOnDrop(self.0.clone());
+        async move {
+            let _guard = guard;
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok("never".into())
+        }
+        .boxed()
+    }
+}
+
+#[tokio::test]
+async fn cancel_mid_tool_stops_the_running_tool() {
+    let upstream = MockUpstream::start().await;
+    upstream.push(mock::tool_reply(&[("t1", "blocks", "{}")], 1, 1));
+    upstream.push(mock::text_reply(&["next turn"], 1, 1));
+    let dropped = Arc::new(AtomicBool::new(false));
+    let mut tools = ToolRegistry::with_builtins();
+    tools.register(Arc::new(Blocks(dropped.clone()))).expect("register");
+    let app = TestApp::start_with(&upstream.base_url, |_| {}, tools).await;
+
+    let mut stream = events_of(post_chat(&app, json!({"message": "block"})).await);
+    let start = next(&mut stream).await;
+    let id = start.data["message_id"].as_str().expect("id").to_string();
+    let call = next(&mut stream).await;
+    assert_eq!(call.data["type"], "tool_call");
+    assert_eq!(cancel(&app, &id).await.0, 200);
+    let tail = rest(&mut stream).await;
+    assert_eq!(tail.len(), 1);
+    assert_eq!(tail[0].data["finish_reason"], "cancelled");
+    for _ in 0..100 {
+        if dropped.load(Ordering::SeqCst) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(dropped.load(Ordering::SeqCst), "the running tool was aborted");
+    let row = app.message_row(&id).await;
+    assert_eq!(row["status"], "cancelled");
+    let types: Vec<&str> = row["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["type"].as_str().expect("type"))
+        .collect();
+    assert_eq!(types, ["tool_call"]);
+
+    // The next turn sends the unfinished call back with an error result.
+    let conversation_id = start.data["conversation_id"].clone();
+    app.chat(json!({"message": "again", "conversation_id": conversation_id}))
+        .await;
+    let messages = upstream.received().pop().expect("request")["messages"].clone();
+    assert_eq!(
+        messages[2],
+        json!({"role": "tool", "tool_call_id": "t1", "content": "Error: this tool call did not complete (the reply was interrupted)."})
+    );
+}
+
+#[tokio::test]
+async fn a_streaming_reply_is_written_to_its_row_every_flush_interval() {
+    let upstream = MockUpstream::start().await;
+    upstream.push(slow_text(40, 25));
+    let app = TestApp::start_with(
+        &upstream.base_url,
+        |c| c.chat.flush_interval_ms = 100,
+        ToolRegistry::with_builtins(),
+    )
+    .await;
+    let mut stream = events_of(post_chat(&app, json!({"message": "snap"})).await);
+    let id = next(&mut stream).await.data["message_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let mut seen_partial = None;
+    for _ in 0..100 {
+        let row = app.message_row(&id).await;
+        let content = row["content"].as_str().unwrap_or_default().to_string();
+        if row["status"] == "streaming" && !content.is_empty() {
+            seen_partial = Some(content);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let partial = seen_partial.expect("partial text stored while streaming");
+    assert!(full_text(40).starts_with(&partial), "{partial:?}");
+    assert!(partial.len() < full_text(40).len());
+    rest(&mut stream).await;
+    assert_eq!(app.wait_final(&id).await["content"], full_text(40));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_replies_are_all_stored() {
+    const N: usize = 200;
+    let upstream = MockUpstream::start().await;
+    for _ in 0..N {
+        upstream.push(slow_text(10, 5));
+    }
+    let app = Arc::new(TestApp::start(&upstream.base_url).await);
+    let mut tasks = Vec::new();
+    for i in 0..N {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            app.chat(json!({"message": format!("m{i}")})).await
+        }));
+    }
+    let mut done = 0;
+    for task in tasks {
+        let events = task.await.expect("task");
+        let last = events.last().expect("events");
+        assert_eq!(last.event, "done", "{:?}", last.data);
+        done += 1;
+    }
+    assert_eq!(done, N);
+    let db = app.db().await;
+    let rows: Vec<(String, String, String)> = sqlx::query_as("SELECT role, status, content FROM messages")
+        .fetch_all(&db)
+        .await
+        .expect("rows");
+    assert_eq!(rows.len(), 2 * N);
+    for (role, status, content) in rows {
+        assert_eq!(status, "complete");
+        if role == "assistant" {
+            assert_eq!(content, full_text(10));
+        }
+    }
+    app.chat.store().writer().flush().await;
+    let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM reply_events")
+        .fetch_one(&db)
+        .await
+        .expect("count");
+    assert_eq!(events, (N * 12) as i64, "every event of every reply stored");
+}
