@@ -17,6 +17,13 @@ use futures::StreamExt;
 use serde_json::Value;
 use sqlx::SqlitePool;
 
+/// A plain HTTP client for tests (reqwest is built without a bundled TLS
+/// crypto provider; install ring's first, as chatd does).
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 /// One received SSE event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SseEvent {
@@ -82,7 +89,7 @@ impl TestApp {
         });
         Self {
             base: format!("http://{addr}"),
-            http: reqwest::Client::new(),
+            http: http_client(),
             chat: app.chat,
             db_path,
             upstream: upstream.to_string(),
