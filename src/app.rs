@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::chat::ChatService;
 use crate::config::Config;
-use crate::llm::{LlmClient, LlmError};
+use crate::llm::{LlmError, ProviderError, Providers};
 use crate::store::{Store, StoreError};
 use crate::tools::ToolRegistry;
 
@@ -17,6 +17,8 @@ pub enum AppError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Llm(#[from] LlmError),
+    #[error(transparent)]
+    Providers(#[from] ProviderError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -51,8 +53,8 @@ impl App {
             );
         }
         spawn_pruning(store.clone(), Duration::from_millis(config.chat.replay_retention_ms));
-        let llm = LlmClient::new(&config.llm)?;
-        let chat = Arc::new(ChatService::new(store, llm, Arc::new(tools), Arc::new(config)));
+        let providers = Providers::from_config(&config)?;
+        let chat = Arc::new(ChatService::new(store, providers, Arc::new(tools), Arc::new(config)));
         let router = crate::http::router(chat.clone());
         Ok(Self { chat, router })
     }

@@ -5,10 +5,16 @@
 //! Unknown keys in the file are rejected, so a typo never silently falls back
 //! to a default.
 
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
 
+use reqwest::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
+
+/// Name of the single provider built from the `[llm]` section when no
+/// `[[providers]]` are configured.
+pub const DEFAULT_PROVIDER: &str = "default";
 
 /// Errors while loading or validating the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -30,8 +36,14 @@ pub struct Config {
     /// sqlx SQLite URL, e.g. `sqlite://chatd.db` (`CHATD_DATABASE_URL`).
     /// The file is created and migrated at start.
     pub database_url: String,
-    /// The OpenAI-compatible upstream.
+    /// The OpenAI-compatible upstream: timeouts, retries and, when
+    /// `providers` is empty, the single upstream itself.
     pub llm: LlmConfig,
+    /// Named OpenAI-compatible upstreams (`[[providers]]` tables), in order of
+    /// preference. When empty, `[llm]` is the single provider named
+    /// [`DEFAULT_PROVIDER`]; when not empty, `llm.base_url` and `llm.api_key`
+    /// are ignored. See [`Config::effective_providers`].
+    pub providers: Vec<ProviderConfig>,
     /// The reply loop.
     pub chat: ChatConfig,
     /// Tool execution.
@@ -45,25 +57,73 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct LlmConfig {
     /// Base URL ending before `/chat/completions`, e.g. `http://127.0.0.1:11434/v1`
-    /// (`CHATD_LLM_BASE_URL`).
+    /// (`CHATD_LLM_BASE_URL`). Ignored when `[[providers]]` are configured.
     pub base_url: String,
     /// Bearer token sent upstream; empty sends none (`CHATD_LLM_API_KEY`,
-    /// falling back to `OPENAI_API_KEY`).
+    /// falling back to `OPENAI_API_KEY`). Ignored when `[[providers]]` are
+    /// configured.
     pub api_key: String,
     /// Model used when neither the conversation nor the request names one
-    /// (`CHATD_LLM_MODEL`). Empty means a request must name a model.
+    /// (`CHATD_LLM_MODEL`). Empty means a request must name a model (or the
+    /// provider must have a `default_model`).
     pub model: String,
-    /// Longest silence in ms between upstream chunks (and before the response
-    /// headers) before the reply fails with `upstream_timeout`
+    /// Longest wait in ms from sending a request until the first SSE event
+    /// arrives (this covers waiting for the response headers) before the
+    /// attempt fails with `upstream_timeout`.
+    pub first_chunk_timeout_ms: u64,
+    /// Longest silence in ms between upstream SSE events after the first
+    /// before the reply fails with `upstream_timeout`
     /// (`CHATD_LLM_IDLE_TIMEOUT_MS`).
     pub idle_timeout_ms: u64,
     /// TCP connect timeout in ms.
     pub connect_timeout_ms: u64,
+    /// Most attempts of one model round on one provider (the first try
+    /// included) when it fails with a retryable error before its first chunk.
+    pub max_attempts: u32,
+    /// Base delay in ms of the exponential backoff between attempts
+    /// (`retry_base_ms * 2^(attempt-1)`, with full jitter).
+    pub retry_base_ms: u64,
+    /// Largest delay in ms between attempts. A `Retry-After` longer than this
+    /// makes chatd give up on that provider instead of waiting.
+    pub retry_max_ms: u64,
+    /// Whether a round that failed on one provider moves on to the next
+    /// providers that list the same model.
+    pub fallback: bool,
     /// Longest line in bytes accepted from the upstream SSE stream; a longer
     /// line fails the reply with `upstream_error` instead of growing memory.
     pub max_line_bytes: usize,
     /// How the per-request `thinking` switch is sent upstream.
     pub thinking_style: ThinkingStyle,
+}
+
+/// One named OpenAI-compatible upstream (a `[[providers]]` table).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Unique name, used in requests and in `GET /api/models`.
+    pub name: String,
+    /// Base URL ending before `/chat/completions`, `http://` or `https://`.
+    pub base_url: String,
+    /// Bearer token sent upstream; `None` sends no `Authorization` header.
+    /// [`Config::load_with_env`] fills it from `api_key_env` when that is set.
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// Name of the environment variable holding the bearer token; read once at
+    /// load. Setting both `api_key` and `api_key_env` in the file is an error,
+    /// and so is naming a variable that is not set.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Model names this provider serves; used to route a request that names
+    /// only a model, and to pick fallbacks.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Model used when a request names this provider but no model.
+    #[serde(default)]
+    pub default_model: Option<String>,
+    /// Extra HTTP headers sent with every request to this provider (e.g.
+    /// `HTTP-Referer`, `X-Title`, `api-version`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
 }
 
 /// Request fields used to switch a model's reasoning on or off. Providers
@@ -143,6 +203,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             database_url: "sqlite://chatd.db".to_string(),
             llm: LlmConfig::default(),
+            providers: Vec::new(),
             chat: ChatConfig::default(),
             tools: ToolsConfig::default(),
             http: HttpConfig::default(),
@@ -156,8 +217,13 @@ impl Default for LlmConfig {
             base_url: "http://127.0.0.1:11434/v1".to_string(),
             api_key: String::new(),
             model: String::new(),
+            first_chunk_timeout_ms: 60_000,
             idle_timeout_ms: 60_000,
             connect_timeout_ms: 10_000,
+            max_attempts: 3,
+            retry_base_ms: 250,
+            retry_max_ms: 8_000,
+            fallback: true,
             max_line_bytes: 4 * 1024 * 1024,
             thinking_style: ThinkingStyle::ChatTemplateKwargs,
         }
@@ -232,8 +298,30 @@ impl Config {
         {
             config.llm.api_key = key;
         }
+        for (i, provider) in config.providers.iter_mut().enumerate() {
+            provider.resolve_api_key(i, &env)?;
+        }
         config.validate()?;
         Ok(config)
+    }
+
+    /// The providers in order of preference: the `[[providers]]` tables, or,
+    /// when there are none, one provider named [`DEFAULT_PROVIDER`] built from
+    /// `[llm]` (`base_url`, `api_key`, and `model` as its `default_model`).
+    pub fn effective_providers(&self) -> Vec<ProviderConfig> {
+        if !self.providers.is_empty() {
+            return self.providers.clone();
+        }
+        let llm = &self.llm;
+        vec![ProviderConfig {
+            name: DEFAULT_PROVIDER.to_string(),
+            base_url: llm.base_url.clone(),
+            api_key: (!llm.api_key.is_empty()).then(|| llm.api_key.clone()),
+            api_key_env: None,
+            models: Vec::new(),
+            default_model: (!llm.model.trim().is_empty()).then(|| llm.model.clone()),
+            headers: BTreeMap::new(),
+        }]
     }
 
     /// Checks ranges that serde cannot express.
@@ -245,8 +333,18 @@ impl Config {
         if self.tools.concurrency == 0 {
             return bad("tools.concurrency must be at least 1");
         }
-        if self.llm.idle_timeout_ms == 0 || self.tools.timeout_ms == 0 {
+        if self.llm.idle_timeout_ms == 0
+            || self.llm.first_chunk_timeout_ms == 0
+            || self.llm.connect_timeout_ms == 0
+            || self.tools.timeout_ms == 0
+        {
             return bad("timeouts must be at least 1 ms");
+        }
+        if self.llm.max_attempts == 0 {
+            return bad("llm.max_attempts must be at least 1");
+        }
+        if self.llm.retry_base_ms > self.llm.retry_max_ms {
+            return bad("llm.retry_base_ms must not be larger than llm.retry_max_ms");
         }
         if self.chat.flush_interval_ms == 0 {
             return bad("chat.flush_interval_ms must be at least 1");
@@ -259,6 +357,85 @@ impl Config {
         }
         if !self.database_url.starts_with("sqlite:") {
             return bad("database_url must be a SQLite URL such as sqlite://chatd.db");
+        }
+        let mut names = HashSet::new();
+        for (i, provider) in self.providers.iter().enumerate() {
+            provider
+                .validate()
+                .map_err(|msg| ConfigError::Invalid(format!("providers[{i}] ({:?}): {msg}", provider.name)))?;
+            if !names.insert(provider.name.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "providers[{i}]: the name {:?} is used twice; provider names must be unique",
+                    provider.name
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Headers chatd sets itself or that frame the request; a provider may not
+/// override them.
+const RESERVED_HEADERS: &[&str] = &[
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "host",
+    "connection",
+];
+
+impl ProviderConfig {
+    /// Fills `api_key` from the variable named by `api_key_env`, looked up
+    /// with `env`. Errors when both are set or the variable is not set.
+    fn resolve_api_key(&mut self, index: usize, env: &impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let Some(var) = &self.api_key_env else {
+            return Ok(());
+        };
+        let invalid = |msg: String| ConfigError::Invalid(format!("providers[{index}] ({:?}): {msg}", self.name));
+        if self.api_key.is_some() {
+            return Err(invalid("set either api_key or api_key_env, not both".to_string()));
+        }
+        if var.trim().is_empty() {
+            return Err(invalid("api_key_env must name an environment variable".to_string()));
+        }
+        match env(var) {
+            Some(key) => {
+                self.api_key = Some(key);
+                Ok(())
+            }
+            None => Err(invalid(format!("api_key_env names {var}, which is not set"))),
+        }
+    }
+
+    /// Checks one provider; the error text names the bad field.
+    fn validate(&self) -> Result<(), String> {
+        if self.name.trim().is_empty() {
+            return Err("name must not be blank".into());
+        }
+        if !self.base_url.starts_with("http://") && !self.base_url.starts_with("https://") {
+            return Err(format!(
+                "base_url must start with http:// or https://, got {:?}",
+                self.base_url
+            ));
+        }
+        if self.models.iter().any(|m| m.trim().is_empty()) {
+            return Err("models must not contain a blank name".into());
+        }
+        if self.default_model.as_deref().is_some_and(|m| m.trim().is_empty()) {
+            return Err("default_model must not be blank; leave it out instead".into());
+        }
+        let has_key = self.api_key.as_deref().is_some_and(|k| !k.is_empty());
+        for (name, value) in &self.headers {
+            let parsed = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("headers: {name:?} is not a valid HTTP header name"))?;
+            if RESERVED_HEADERS.contains(&parsed.as_str()) {
+                return Err(format!("headers: {name:?} is set by chatd and cannot be configured"));
+            }
+            if parsed == reqwest::header::AUTHORIZATION && has_key {
+                return Err("headers: Authorization conflicts with api_key/api_key_env; set only one".into());
+            }
+            HeaderValue::from_str(value)
+                .map_err(|_| format!("headers: the value of {name:?} is not a valid HTTP header value"))?;
         }
         Ok(())
     }
@@ -345,5 +522,167 @@ mod tests {
 
         let err = Config::load_with_env(None, env(&[("CHATD_LISTEN", "nope")])).expect_err("bad address rejected");
         assert!(err.to_string().contains("listen"), "{err}");
+    }
+
+    fn write(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).expect("write");
+        path
+    }
+
+    #[test]
+    fn resilience_defaults() {
+        let c = Config::load_with_env(None, env(&[])).expect("defaults load");
+        assert_eq!(c.llm.first_chunk_timeout_ms, 60_000);
+        assert_eq!(c.llm.idle_timeout_ms, 60_000);
+        assert_eq!(c.llm.connect_timeout_ms, 10_000);
+        assert_eq!(c.llm.max_attempts, 3);
+        assert_eq!(c.llm.retry_base_ms, 250);
+        assert_eq!(c.llm.retry_max_ms, 8_000);
+        assert!(c.llm.fallback);
+        assert!(c.providers.is_empty());
+    }
+
+    #[test]
+    fn without_providers_llm_is_the_default_provider() {
+        let c = Config::load_with_env(
+            None,
+            env(&[
+                ("CHATD_LLM_BASE_URL", "https://api.example.com/v1"),
+                ("CHATD_LLM_API_KEY", "sk-env"),
+                ("CHATD_LLM_MODEL", "gpt-x"),
+            ]),
+        )
+        .expect("load");
+        assert_eq!(
+            c.effective_providers(),
+            vec![ProviderConfig {
+                name: DEFAULT_PROVIDER.to_string(),
+                base_url: "https://api.example.com/v1".to_string(),
+                api_key: Some("sk-env".to_string()),
+                api_key_env: None,
+                models: vec![],
+                default_model: Some("gpt-x".to_string()),
+                headers: BTreeMap::new(),
+            }]
+        );
+        let c = Config::load_with_env(None, env(&[])).expect("load");
+        let p = &c.effective_providers()[0];
+        assert_eq!((p.api_key.as_deref(), p.default_model.as_deref()), (None, None));
+    }
+
+    #[test]
+    fn providers_load_in_order_with_keys_from_the_env_function() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write(
+            &dir,
+            r#"
+[llm]
+model = "global"
+max_attempts = 5
+retry_base_ms = 10
+retry_max_ms = 20
+fallback = false
+first_chunk_timeout_ms = 1234
+
+[[providers]]
+name = "local"
+base_url = "http://127.0.0.1:11434/v1"
+models = ["llama3", "qwen3"]
+
+[[providers]]
+name = "router"
+base_url = "https://openrouter.example/api/v1"
+api_key_env = "ROUTER_KEY"
+default_model = "qwen3"
+headers = { "X-Title" = "chatd", "HTTP-Referer" = "https://example.com" }
+"#,
+        );
+        let c = Config::load_with_env(Some(&path), env(&[("ROUTER_KEY", "sk-router")])).expect("load");
+        assert_eq!(
+            (c.llm.max_attempts, c.llm.retry_base_ms, c.llm.retry_max_ms),
+            (5, 10, 20)
+        );
+        assert!(!c.llm.fallback);
+        assert_eq!(c.llm.first_chunk_timeout_ms, 1234);
+        let names: Vec<_> = c.effective_providers().into_iter().map(|p| p.name).collect();
+        assert_eq!(
+            names,
+            ["local", "router"],
+            "[llm] is not a provider once [[providers]] exist"
+        );
+        let local = &c.providers[0];
+        assert_eq!(local.models, ["llama3", "qwen3"]);
+        assert_eq!((local.api_key.as_deref(), local.default_model.as_deref()), (None, None));
+        let router = &c.providers[1];
+        assert_eq!(router.api_key.as_deref(), Some("sk-router"));
+        assert_eq!(router.api_key_env.as_deref(), Some("ROUTER_KEY"));
+        assert_eq!(router.default_model.as_deref(), Some("qwen3"));
+        let headers: Vec<(String, String)> = router
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect();
+        assert_eq!(
+            headers,
+            [
+                ("http-referer".to_string(), "https://example.com".to_string()),
+                ("x-title".to_string(), "chatd".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_providers_are_rejected_with_the_field_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = "[[providers]]\nname = \"a\"\nbase_url = \"http://a\"\n";
+        let cases: Vec<(String, &str)> = vec![
+            ("[[providers]]\nbase_url = \"http://a\"\n".into(), "name"),
+            ("[[providers]]\nname = \"a\"\n".into(), "base_url"),
+            (format!("{p}modle = \"x\"\n"), "modle"),
+            (
+                "[[providers]]\nname = \"a\"\nbase_url = \"ftp://a\"\n".into(),
+                "base_url",
+            ),
+            ("[[providers]]\nname = \" \"\nbase_url = \"http://a\"\n".into(), "name"),
+            (format!("{p}{p}"), "used twice"),
+            (format!("{p}api_key = \"k\"\napi_key_env = \"K\"\n"), "not both"),
+            (format!("{p}api_key_env = \"UNSET\"\n"), "UNSET"),
+            (format!("{p}models = [\"\"]\n"), "models"),
+            (format!("{p}default_model = \"\"\n"), "default_model"),
+            (format!("{p}headers = {{ \"bad header\" = \"x\" }}\n"), "header name"),
+            (
+                format!("{p}headers = {{ \"x-ok\" = \"line\\nbreak\" }}\n"),
+                "header value",
+            ),
+            (
+                format!("{p}headers = {{ \"Content-Type\" = \"text/plain\" }}\n"),
+                "set by chatd",
+            ),
+            (
+                format!("{p}api_key = \"k\"\nheaders = {{ \"Authorization\" = \"x\" }}\n"),
+                "Authorization",
+            ),
+            ("[llm]\nmax_attempts = 0\n".into(), "max_attempts"),
+            ("[llm]\nretry_base_ms = 9000\n".into(), "retry_base_ms"),
+            ("[llm]\nfirst_chunk_timeout_ms = 0\n".into(), "timeouts"),
+            ("[llm]\nfallbak = true\n".into(), "fallbak"),
+        ];
+        for (text, needle) in &cases {
+            let path = write(&dir, text);
+            let err = Config::load_with_env(Some(&path), env(&[])).expect_err(text);
+            assert!(err.to_string().contains(needle), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_authorization_header_alone_is_allowed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write(
+            &dir,
+            "[[providers]]\nname = \"a\"\nbase_url = \"http://a\"\nheaders = { \"Authorization\" = \"Token t\" }\n",
+        );
+        let c = Config::load_with_env(Some(&path), env(&[])).expect("load");
+        assert_eq!(c.providers[0].headers.len(), 1);
     }
 }

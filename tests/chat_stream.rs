@@ -635,12 +635,12 @@ async fn silence_past_the_idle_timeout_fails_the_reply() {
     );
 
     // No response headers at all.
-    let (_, got, _) = failing_upstream(MockResponse::Hang, |c| c.llm.idle_timeout_ms = 300).await;
+    let (_, got, _) = failing_upstream(MockResponse::Hang, |c| c.llm.first_chunk_timeout_ms = 300).await;
     assert_eq!(
         got,
         vec![
             start(),
-            error("upstream_timeout", "upstream sent nothing for 300 ms", true)
+            error("upstream_timeout", "upstream sent no first chunk within 300 ms", true)
         ]
     );
 }

@@ -22,10 +22,12 @@ use super::think::{Piece, ThinkSplitter};
 use super::{Deps, Settings};
 use crate::config::ThinkingStyle;
 use crate::llm::{
-    ChatRequest, FunctionDefinition, LlmError, RequestMessage, StreamItem, StreamOptions, ToolCall, ToolDefinition,
+    ChatRequest, FunctionDefinition, LlmError, RequestMessage, Route, StreamItem, StreamOptions, ToolCall,
+    ToolDefinition,
 };
 use crate::store::{FinalReply, Status};
 use crate::tools::executor::{self, Limits};
+use futures::stream::BoxStream;
 
 /// Why a reply stopped before a normal end.
 #[derive(Debug)]
@@ -79,6 +81,8 @@ pub(super) struct Generation {
     pub reply: Arc<Reply>,
     pub user_message_id: Uuid,
     pub settings: Settings,
+    /// The providers that may serve this reply, in order.
+    pub route: Route,
     pub enabled_tools: Arc<Vec<String>>,
     pub tool_choice: Option<Value>,
     pub suggested_title: Option<String>,
@@ -248,7 +252,7 @@ impl Generation {
         let mut stream = tokio::select! {
             biased;
             _ = cancel.cancelled() => return Err(Stop::Cancelled),
-            s = self.deps.llm.stream_chat(request) => s.map_err(Stop::Llm)?,
+            opened = self.open(request) => opened.map_err(Stop::Llm)?,
         };
         let mut splitter = ThinkSplitter::default();
         let mut calls = ToolCallAssembler::default();
@@ -312,6 +316,31 @@ impl Generation {
             calls: calls.finish(),
             finish_reason,
         })
+    }
+
+    /// Sends a round's request through the route: retries with backoff and
+    /// falls back to the next provider while nothing of the round has
+    /// arrived; returns the stream once its first chunk is in.
+    async fn open(&self, request: &ChatRequest) -> Result<BoxStream<'static, Result<StreamItem, LlmError>>, LlmError> {
+        let policy = self.deps.providers.retry_policy();
+        let message_id = self.reply.message_id;
+        let opened = self
+            .route
+            .open(request, &policy, |failed| {
+                tracing::warn!(
+                    %message_id,
+                    provider = failed.provider,
+                    attempt = failed.attempt,
+                    error = %failed.error,
+                    next = ?failed.next,
+                    "upstream attempt failed"
+                );
+            })
+            .await?;
+        if opened.attempts > 1 {
+            tracing::info!(%message_id, provider = %opened.provider, attempts = opened.attempts, "upstream answered");
+        }
+        Ok(opened.stream)
     }
 
     fn publish(&self, rec: &mut StepRecorder, piece: Piece) {

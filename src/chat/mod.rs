@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::config::Config;
-use crate::llm::LlmClient;
+use crate::llm::{Providers, Route, RouteError};
 use crate::store::{Conversation, NewConversation, NewTurn, Store, StoreError};
 use crate::tools::{ToolInfo, ToolRegistry};
 use generation::Generation;
@@ -56,7 +56,7 @@ pub enum ChatError {
 /// What the generation task needs; shared by every reply.
 pub struct Deps {
     pub store: Store,
-    pub llm: LlmClient,
+    pub providers: Providers,
     pub tools: Arc<ToolRegistry>,
     pub config: Arc<Config>,
 }
@@ -168,11 +168,11 @@ const CANCEL_WAIT: Duration = Duration::from_secs(10);
 
 impl ChatService {
     /// A service over the given store, upstream client, tools and config.
-    pub fn new(store: Store, llm: LlmClient, tools: Arc<ToolRegistry>, config: Arc<Config>) -> Self {
+    pub fn new(store: Store, providers: Providers, tools: Arc<ToolRegistry>, config: Arc<Config>) -> Self {
         Self {
             deps: Arc::new(Deps {
                 store,
-                llm,
+                providers,
                 tools,
                 config,
             }),
@@ -189,6 +189,11 @@ impl ChatService {
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.deps.config
+    }
+
+    /// The configured upstream providers.
+    pub fn providers(&self) -> &Providers {
+        &self.deps.providers
     }
 
     /// Every registered tool.
@@ -256,7 +261,7 @@ impl ChatService {
                 (new.into_conversation(), true)
             }
         };
-        let settings = self.effective(&conversation, &input.settings)?;
+        let (settings, route) = self.effective(&conversation, &input.settings)?;
 
         let message_id = Uuid::now_v7();
         if self.draining.load(std::sync::atomic::Ordering::SeqCst) {
@@ -294,6 +299,7 @@ impl ChatService {
             reply: reply.clone(),
             user_message_id: turn.user_message_id,
             settings,
+            route,
             enabled_tools: Arc::new(enabled),
             tool_choice: input.tool_choice.as_ref().map(ToolChoice::to_json),
             suggested_title: if create { conversation.title.clone() } else { None },
@@ -419,25 +425,31 @@ impl ChatService {
     }
 
     /// Request settings override the conversation's, which override the
-    /// configured defaults.
-    fn effective(&self, c: &Conversation, s: &SettingsInput) -> Result<Settings, ChatError> {
-        let model = s
-            .model
-            .clone()
-            .or_else(|| c.model.clone())
-            .unwrap_or_else(|| self.deps.config.llm.model.clone());
-        if model.trim().is_empty() {
-            return Err(ChatError::Invalid(
-                "no model: pass \"model\" in the request or set CHATD_LLM_MODEL (llm.model)".into(),
-            ));
-        }
-        Ok(Settings {
-            model,
-            provider: s.provider.clone().or_else(|| c.provider.clone()),
+    /// configured defaults; the provider and model pick the route (and the
+    /// model, when none is named anywhere, comes from the provider).
+    fn effective(&self, c: &Conversation, s: &SettingsInput) -> Result<(Settings, Route), ChatError> {
+        let model = s.model.clone().or_else(|| c.model.clone());
+        let provider = s.provider.clone().or_else(|| c.provider.clone());
+        let route = self
+            .deps
+            .providers
+            .route(provider.as_deref(), model.as_deref(), &self.deps.config.llm.model)
+            .map_err(|e| match e {
+                RouteError::NoModel { .. } => ChatError::Invalid(
+                    "no model: pass \"model\" in the request, or set CHATD_LLM_MODEL (llm.model) or a provider's \
+                     default_model"
+                        .into(),
+                ),
+                other => ChatError::Invalid(other.to_string()),
+            })?;
+        let settings = Settings {
+            model: route.model.clone(),
+            provider,
             system_prompt: s.system_prompt.clone().or_else(|| c.system_prompt.clone()),
             temperature: s.temperature.or(c.temperature),
             max_tokens: s.max_tokens.or(c.max_tokens),
             thinking: s.thinking.or(c.thinking),
-        })
+        };
+        Ok((settings, route))
     }
 }

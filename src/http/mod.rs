@@ -6,7 +6,7 @@
 //! - `POST /api/chat/{message_id}/cancel` — stop a reply
 //! - `GET|POST /api/conversations`, `GET|PATCH|DELETE /api/conversations/{id}`,
 //!   `GET /api/conversations/{id}/messages`
-//! - `GET /api/tools`
+//! - `GET /api/tools`, `GET /api/models`
 //! - `GET /healthz`, `GET /readyz`
 //!
 //! Unknown routes and methods get the same JSON error shape as everything else.
@@ -16,6 +16,7 @@ mod conversations;
 pub mod error;
 mod extract;
 mod health;
+mod models;
 mod sse;
 
 use std::sync::Arc;
@@ -55,6 +56,7 @@ pub fn router(chat: Arc<ChatService>) -> Router {
         )
         .route("/api/conversations/{id}/messages", get(conversations::messages))
         .route("/api/tools", get(health::tools))
+        .route("/api/models", get(models::list))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(not_found)

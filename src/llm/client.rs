@@ -1,4 +1,5 @@
-//! HTTP client for an OpenAI-compatible `POST /chat/completions` stream.
+//! HTTP client for an OpenAI-compatible `POST /chat/completions` stream and
+//! its `GET /models` list.
 
 use std::time::Duration;
 
@@ -6,85 +7,182 @@ use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use reqwest::StatusCode;
-use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use serde_json::Value;
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout, timeout_at};
 
 use super::lines::{LineError, cap_line_length};
+use super::providers::ProviderError;
 use super::{ChatChunk, ChatRequest, LlmError, StreamItem};
-use crate::config::LlmConfig;
+use crate::config::{DEFAULT_PROVIDER, LlmConfig, ProviderConfig};
 
 /// Most bytes of an HTTP error body read to build an error message.
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
 /// Most characters of an upstream error message passed on to the client.
 const ERROR_MESSAGE_CHARS: usize = 500;
+/// Most bytes of a `GET /models` body (hosted routers list hundreds of models).
+const MODELS_BODY_LIMIT: usize = 8 * 1024 * 1024;
 
 /// Streams chat completions from one OpenAI-compatible server.
-#[derive(Debug, Clone)]
+///
+/// Cloning is cheap: clones share the connection pool. `Debug` shows neither
+/// the API key nor header values.
+#[derive(Clone)]
 pub struct LlmClient {
     http: reqwest::Client,
+    base_url: String,
     url: String,
     api_key: String,
+    headers: HeaderMap,
+    first_chunk_timeout: Duration,
     idle_timeout: Duration,
     max_line_bytes: usize,
 }
 
+impl std::fmt::Debug for LlmClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlmClient")
+            .field("url", &self.url)
+            .field("api_key", &if self.api_key.is_empty() { "" } else { "<redacted>" })
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("first_chunk_timeout", &self.first_chunk_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_line_bytes", &self.max_line_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
 impl LlmClient {
-    /// Builds a client for `config.base_url`. Fails only if the TLS stack
-    /// cannot be set up.
+    /// Builds a client for `config.base_url` with `config.api_key` and no
+    /// extra headers (the single-provider setup). Fails only if the TLS stack
+    /// cannot be set up ([`LlmError::Unavailable`]).
     pub fn new(config: &LlmConfig) -> Result<Self, LlmError> {
+        let http = Self::http_client(config)?;
+        let provider = ProviderConfig {
+            name: DEFAULT_PROVIDER.to_string(),
+            base_url: config.base_url.clone(),
+            api_key: Some(config.api_key.clone()),
+            api_key_env: None,
+            models: Vec::new(),
+            default_model: None,
+            headers: Default::default(),
+        };
+        Self::for_provider(http, config, &provider).map_err(|e| LlmError::Unavailable(e.to_string()))
+    }
+
+    /// The HTTP connection pool shared by every provider's client, with
+    /// `config.connect_timeout_ms` as its TCP connect timeout. Fails only if
+    /// the TLS stack cannot be set up ([`LlmError::Unavailable`]).
+    pub fn http_client(config: &LlmConfig) -> Result<reqwest::Client, LlmError> {
         // reqwest is built without a bundled crypto provider; use ring. An
         // error means a provider is already installed, which is fine.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
+        reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
             .tcp_nodelay(true)
             .build()
-            .map_err(|e| LlmError::Unavailable(format!("cannot build HTTP client: {e}")))?;
+            .map_err(|e| LlmError::Unavailable(format!("cannot build HTTP client: {e}")))
+    }
+
+    /// A client for one provider over the shared pool `http`: its base URL,
+    /// key and extra headers, with the timeouts and line limit of `llm`.
+    ///
+    /// Errors: [`ProviderError::Invalid`] when a header name or value is not
+    /// valid HTTP or the base URL is not `http(s)://`.
+    pub fn for_provider(
+        http: reqwest::Client,
+        llm: &LlmConfig,
+        provider: &ProviderConfig,
+    ) -> Result<Self, ProviderError> {
+        let invalid = |message: String| ProviderError::Invalid {
+            provider: provider.name.clone(),
+            message,
+        };
+        if !provider.base_url.starts_with("http://") && !provider.base_url.starts_with("https://") {
+            return Err(invalid(format!(
+                "base_url must start with http:// or https://, got {:?}",
+                provider.base_url
+            )));
+        }
+        let mut headers = HeaderMap::new();
+        for (name, value) in &provider.headers {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| invalid(format!("{name:?} is not a valid HTTP header name")))?;
+            let value = HeaderValue::from_str(value)
+                .map_err(|_| invalid(format!("the value of header {name} is not a valid HTTP header value")))?;
+            headers.append(name, value);
+        }
+        let base_url = provider.base_url.trim_end_matches('/').to_string();
         Ok(Self {
             http,
-            url: format!("{}/chat/completions", config.base_url.trim_end_matches('/')),
-            api_key: config.api_key.clone(),
-            idle_timeout: Duration::from_millis(config.idle_timeout_ms),
-            max_line_bytes: config.max_line_bytes,
+            url: format!("{base_url}/chat/completions"),
+            base_url,
+            api_key: provider.api_key.clone().unwrap_or_default(),
+            headers,
+            first_chunk_timeout: Duration::from_millis(llm.first_chunk_timeout_ms),
+            idle_timeout: Duration::from_millis(llm.idle_timeout_ms),
+            max_line_bytes: llm.max_line_bytes,
         })
+    }
+
+    /// The base URL requests go to, without a trailing `/`.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
     }
 
     /// Sends `request` (which should have `stream: true`) and returns the
     /// stream of parsed items. The stream ends after `[DONE]`, at the end of
-    /// the body, or after its first error; it yields
-    /// [`LlmError::Timeout`] when no item arrives within the idle timeout.
-    /// Data lines that are not JSON are logged and skipped.
+    /// the body, or after its first error. Data lines that are not JSON are
+    /// logged and skipped.
+    ///
+    /// Timeouts ([`LlmError::Timeout`]): the first SSE event must arrive
+    /// within `llm.first_chunk_timeout_ms` of sending the request (waiting for
+    /// the response headers counts; [`super::TimeoutPhase::FirstChunk`]), each
+    /// later one within `llm.idle_timeout_ms` of the previous one
+    /// ([`super::TimeoutPhase::Idle`]). Other errors:
+    /// [`LlmError::Unavailable`] (connection failure, 5xx),
+    /// [`LlmError::RateLimited`] (429), [`LlmError::Upstream`] (other
+    /// statuses, an error object in the stream, a broken stream).
     pub async fn stream_chat(
         &self,
         request: &ChatRequest,
     ) -> Result<BoxStream<'static, Result<StreamItem, LlmError>>, LlmError> {
         let idle = self.idle_timeout;
-        let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        let idle_ms = millis(idle);
+        let first_ms = millis(self.first_chunk_timeout);
+        // Until the first event, one deadline covers the headers and the body.
+        let first_deadline = deadline_after(self.first_chunk_timeout);
         let mut builder = self
             .http
             .post(&self.url)
             .header("accept", "text/event-stream")
-            .json(request);
+            .json(request)
+            .headers(self.headers.clone());
         if !self.api_key.is_empty() {
             builder = builder.bearer_auth(&self.api_key);
         }
-        let response = timeout(idle, builder.send())
+        let response = timeout_at(first_deadline, builder.send())
             .await
-            .map_err(|_| LlmError::Timeout(idle_ms))?
+            .map_err(|_| LlmError::first_chunk_timeout(first_ms))?
             .map_err(|e| LlmError::Unavailable(describe_reqwest(&e)))?;
         let status = response.status();
         if !status.is_success() {
-            return Err(error_from_response(response).await);
+            return Err(error_from_response(response, first_deadline).await);
         }
 
         let bytes = cap_line_length(response.bytes_stream(), self.max_line_bytes);
         let mut events = bytes.eventsource();
         let stream = async_stream::stream! {
+            let mut first = true;
             loop {
-                let event = match timeout(idle, events.next()).await {
+                let deadline = if first { first_deadline } else { deadline_after(idle) };
+                let event = match timeout_at(deadline, events.next()).await {
+                    Err(_) if first => {
+                        yield Err(LlmError::first_chunk_timeout(first_ms));
+                        break;
+                    }
                     Err(_) => {
-                        yield Err(LlmError::Timeout(idle_ms));
+                        yield Err(LlmError::idle_timeout(idle_ms));
                         break;
                     }
                     Ok(None) => break,
@@ -94,6 +192,7 @@ impl LlmClient {
                     }
                     Ok(Some(Ok(event))) => event,
                 };
+                first = false;
                 let data = event.data.trim();
                 if data.is_empty() {
                     continue;
@@ -122,6 +221,72 @@ impl LlmClient {
         };
         Ok(stream.boxed())
     }
+
+    /// The model ids of `GET {base_url}/models` (OpenAI list format
+    /// `{"data":[{"id":...}]}`), in the server's order. The whole request,
+    /// body included, must finish within `limit`.
+    ///
+    /// Errors: [`LlmError::Unavailable`] for a connection failure, a 5xx or
+    /// no answer within `limit`; [`LlmError::RateLimited`] for a 429;
+    /// [`LlmError::Upstream`] for other statuses, a body over 8 MiB or one
+    /// that is not a model list.
+    pub async fn list_models(&self, limit: Duration) -> Result<Vec<String>, LlmError> {
+        let fetch = async {
+            let mut builder = self
+                .http
+                .get(format!("{}/models", self.base_url))
+                .headers(self.headers.clone());
+            if !self.api_key.is_empty() {
+                builder = builder.bearer_auth(&self.api_key);
+            }
+            let response = builder
+                .send()
+                .await
+                .map_err(|e| LlmError::Unavailable(describe_reqwest(&e.without_url())))?;
+            if !response.status().is_success() {
+                return Err(error_from_response(response, deadline_after(limit)).await);
+            }
+            let mut body = Vec::new();
+            let mut stream = response.bytes_stream();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| LlmError::Unavailable(describe_reqwest(&e.without_url())))?;
+                body.extend_from_slice(&chunk);
+                if body.len() > MODELS_BODY_LIMIT {
+                    return Err(LlmError::Upstream(format!(
+                        "GET /models answered with more than {MODELS_BODY_LIMIT} bytes"
+                    )));
+                }
+            }
+            model_ids(&body)
+        };
+        timeout(limit, fetch)
+            .await
+            .map_err(|_| LlmError::Unavailable(format!("GET /models: no answer within {} ms", millis(limit))))?
+    }
+}
+
+/// The ids of an OpenAI model list; entries without a string `id` are skipped.
+fn model_ids(body: &[u8]) -> Result<Vec<String>, LlmError> {
+    let not_a_list = || LlmError::Upstream("GET /models did not answer with an OpenAI model list".to_string());
+    let value: Value = serde_json::from_slice(body).map_err(|_| not_a_list())?;
+    let data = value.get("data").and_then(Value::as_array).ok_or_else(not_a_list)?;
+    Ok(data
+        .iter()
+        .filter_map(|m| m.get("id").and_then(Value::as_str))
+        .map(str::to_string)
+        .collect())
+}
+
+/// `d` from now; a duration too large to represent means about 30 years.
+fn deadline_after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 24 * 3600))
+}
+
+/// A duration in whole ms, saturating.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn describe_sse_error<E: std::fmt::Display>(e: eventsource_stream::EventStreamError<LineError<E>>) -> String {
@@ -134,12 +299,13 @@ fn describe_sse_error<E: std::fmt::Display>(e: eventsource_stream::EventStreamEr
 /// Classifies a non-2xx response: 429 rate limited, 5xx unavailable, other
 /// statuses upstream errors; the message comes from a JSON `error.message`,
 /// `error` or `message` field, or from the text body.
-async fn error_from_response(response: reqwest::Response) -> LlmError {
+/// The body is read until `deadline`; a slower body is cut there.
+async fn error_from_response(response: reqwest::Response, deadline: Instant) -> LlmError {
     let status = response.status();
     let retry_after_ms = retry_after_ms(response.headers());
     let mut body = Vec::new();
     let mut stream = response.bytes_stream();
-    while let Some(Ok(chunk)) = stream.next().await {
+    while let Ok(Some(Ok(chunk))) = timeout_at(deadline, stream.next()).await {
         body.extend_from_slice(&chunk);
         if body.len() >= ERROR_BODY_LIMIT {
             break;
@@ -228,5 +394,15 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(RETRY_AFTER, "2".parse().expect("header"));
         assert_eq!(retry_after_ms(&h), Some(2000));
+    }
+
+    #[test]
+    fn model_lists() {
+        assert_eq!(
+            model_ids(br#"{"object":"list","data":[{"id":"a","object":"model"},{"id":7},{"id":"b"}]}"#),
+            Ok(vec!["a".to_string(), "b".to_string()])
+        );
+        assert!(model_ids(b"[]").is_err());
+        assert!(model_ids(b"not json").is_err());
     }
 }

@@ -5,12 +5,24 @@
 //! real servers add fields (`reasoning_content`, `reasoning`), omit others
 //! (tool call ids), and send `null` where OpenAI sends a value. Unknown fields
 //! are kept in `extra` maps rather than dropped or rejected.
+//!
+//! Several upstreams can be configured (`[[providers]]`): [`Providers`] holds
+//! one client per provider and picks the model and providers of a request
+//! ([`Providers::route`]); [`Route::open`] tries them in order, retrying per
+//! [`RetryPolicy`], until one stream produces its first item.
 
 mod client;
 mod lines;
+mod providers;
+mod retry;
 mod types;
 
 pub use client::LlmClient;
+pub use providers::{
+    Candidate, FailedAttempt, MODEL_LIST_TIMEOUT, NextStep, Opened, ProviderError, ProviderModels, Providers, Route,
+    RouteError,
+};
+pub use retry::RetryPolicy;
 pub use types::{
     ChatChunk, ChatRequest, ChunkChoice, Delta, FunctionCall, FunctionDefinition, FunctionDelta, RequestMessage,
     StreamOptions, ToolCall, ToolCallDelta, ToolDefinition, Usage,
@@ -29,13 +41,73 @@ pub enum LlmError {
         message: String,
         retry_after_ms: Option<u64>,
     },
-    /// No chunk within the idle timeout (`upstream_timeout`).
-    #[error("upstream sent nothing for {0} ms")]
-    Timeout(u64),
+    /// The upstream was silent for too long (`upstream_timeout`): no first
+    /// SSE event within `llm.first_chunk_timeout_ms` of sending the request
+    /// ([`TimeoutPhase::FirstChunk`]), or no event within
+    /// `llm.idle_timeout_ms` after an earlier one ([`TimeoutPhase::Idle`]).
+    /// `ms` is the limit that was exceeded, in ms.
+    #[error("{}", phase.message(*ms))]
+    Timeout { ms: u64, phase: TimeoutPhase },
     /// Any other 4xx, an `error` object in the stream, a stream that ends
     /// without finishing, or an over-long line (`upstream_error`).
     #[error("upstream error: {0}")]
     Upstream(String),
+}
+
+/// Which wait of a request ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutPhase {
+    /// From sending the request to the first SSE event (response headers
+    /// included).
+    FirstChunk,
+    /// Between two SSE events.
+    Idle,
+}
+
+impl TimeoutPhase {
+    /// The error text for a wait of `ms` milliseconds in this phase.
+    pub fn message(self, ms: u64) -> String {
+        match self {
+            TimeoutPhase::FirstChunk => format!("upstream sent no first chunk within {ms} ms"),
+            TimeoutPhase::Idle => format!("upstream sent nothing for {ms} ms"),
+        }
+    }
+}
+
+impl LlmError {
+    /// A first-chunk timeout after `ms` milliseconds.
+    pub fn first_chunk_timeout(ms: u64) -> Self {
+        LlmError::Timeout {
+            ms,
+            phase: TimeoutPhase::FirstChunk,
+        }
+    }
+
+    /// An idle timeout (between events) after `ms` milliseconds.
+    pub fn idle_timeout(ms: u64) -> Self {
+        LlmError::Timeout {
+            ms,
+            phase: TimeoutPhase::Idle,
+        }
+    }
+
+    /// Whether trying again (later, or on another provider) may succeed:
+    /// true for [`LlmError::Unavailable`], [`LlmError::RateLimited`] and
+    /// [`LlmError::Timeout`]; false for [`LlmError::Upstream`].
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            LlmError::Unavailable(_) | LlmError::RateLimited { .. } | LlmError::Timeout { .. } => true,
+            LlmError::Upstream(_) => false,
+        }
+    }
+
+    /// The upstream's `Retry-After`, in ms, when it sent one with a 429.
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            LlmError::RateLimited { retry_after_ms, .. } => *retry_after_ms,
+            _ => None,
+        }
+    }
 }
 
 /// One item of an upstream stream.

@@ -49,6 +49,11 @@ pub fn test_config(upstream: &str, dir: &tempfile::TempDir) -> Config {
     config.llm.base_url = upstream.to_string();
     config.llm.model = "mock-model".to_string();
     config.llm.idle_timeout_ms = 5_000;
+    // One attempt: tests of error events expect the first failure to count.
+    // Retry tests raise this.
+    config.llm.max_attempts = 1;
+    config.llm.retry_base_ms = 10;
+    config.llm.retry_max_ms = 2_000;
     config.database_url = format!("sqlite://{}", dir.path().join("chatd.db").display());
     config
 }

@@ -1,0 +1,41 @@
+//! `GET /api/models`: the models every configured provider offers.
+
+use axum::Json;
+use axum::extract::State;
+use serde_json::{Value, json};
+
+use super::AppState;
+
+/// `GET /api/models`:
+///
+/// ```json
+/// {"models": [{"id": "qwen3:8b", "provider": "local"}, ...],
+///  "providers": [{"name": "local", "base_url": "http://127.0.0.1:11434/v1", "reachable": true, "error": null}, ...]}
+/// ```
+///
+/// Providers come in configuration order. Each provider's models are its
+/// configured `models` and `default_model`, then the ids its `GET /models`
+/// returned, without duplicates; a model served by two providers is listed
+/// once per provider. The upstream lists are fetched concurrently, at most
+/// 2 s each; a provider that did not answer in time, or answered with an
+/// error, has `reachable: false`, the reason in `error`, and only its
+/// configured models. `base_url` never shows credentials. Always 200.
+pub async fn list(State(state): State<AppState>) -> Json<Value> {
+    let listed = state.chat.providers().list_models().await;
+    let models: Vec<Value> = listed
+        .iter()
+        .flat_map(|p| p.models().into_iter().map(|id| json!({"id": id, "provider": p.name})))
+        .collect();
+    let providers: Vec<Value> = listed
+        .iter()
+        .map(|p| {
+            json!({
+                "name": p.name,
+                "base_url": p.base_url,
+                "reachable": p.reachable,
+                "error": p.error,
+            })
+        })
+        .collect();
+    Json(json!({"models": models, "providers": providers}))
+}
