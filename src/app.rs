@@ -54,6 +54,7 @@ impl App {
         }
         spawn_pruning(store.clone(), Duration::from_millis(config.chat.replay_retention_ms));
         let providers = Providers::from_config(&config)?;
+        let tools = tools.with_approval(config.tools.approval.clone());
         let chat = Arc::new(ChatService::new(store, providers, Arc::new(tools), Arc::new(config)));
         let router = crate::http::router(chat.clone());
         Ok(Self { chat, router })

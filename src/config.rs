@@ -187,6 +187,15 @@ pub struct ToolsConfig {
     /// Longest tool result in bytes; longer output is cut on a character
     /// boundary and marked as truncated.
     pub max_output_bytes: usize,
+    /// Directory holding one workspace per project (`<root>/<project_id>`),
+    /// used by the workspace and document-search tools. Created on demand.
+    pub workspace_root: std::path::PathBuf,
+    /// Per-tool approval policy, overriding each tool's default
+    /// (`write_file` and MCP tools ask; the others run automatically).
+    pub approval: std::collections::BTreeMap<String, crate::tools::Approval>,
+    /// How long in ms a reply waits for an approval before the call counts
+    /// as declined.
+    pub approval_timeout_ms: u64,
 }
 
 /// HTTP limits.
@@ -250,6 +259,9 @@ impl Default for ToolsConfig {
             timeout_ms: 30_000,
             concurrency: 8,
             max_output_bytes: 64 * 1024,
+            workspace_root: std::path::PathBuf::from("workspaces"),
+            approval: std::collections::BTreeMap::new(),
+            approval_timeout_ms: 300_000,
         }
     }
 }

@@ -7,7 +7,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatd::tools::{Tool, ToolError, ToolRegistry};
+use chatd::tools::{Tool, ToolContext, ToolError, ToolOutput, ToolRegistry};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
@@ -314,11 +314,11 @@ impl Tool for WaitPair {
     fn parameters(&self) -> Value {
         json!({"type": "object", "properties": {"tag": {"type": "string"}}, "required": ["tag"]})
     }
-    fn call(&self, arguments: Value) -> BoxFuture<'static, Result<String, ToolError>> {
+    fn call(&self, _ctx: ToolContext, arguments: Value) -> BoxFuture<'static, Result<ToolOutput, ToolError>> {
         let barrier = self.0.clone();
         async move {
             barrier.wait().await;
-            Ok(format!("paired {}", arguments["tag"].as_str().unwrap_or("?")))
+            Ok(format!("paired {}", arguments["tag"].as_str().unwrap_or("?")).into())
         }
         .boxed()
     }
@@ -337,7 +337,7 @@ impl Tool for Panics {
     fn parameters(&self) -> Value {
         json!({"type": "object"})
     }
-    fn call(&self, _: Value) -> BoxFuture<'static, Result<String, ToolError>> {
+    fn call(&self, _ctx: ToolContext, _: Value) -> BoxFuture<'static, Result<ToolOutput, ToolError>> {
         async move { panic!("tool bug") }.boxed()
     }
 }
@@ -355,7 +355,7 @@ impl Tool for Sleeps {
     fn parameters(&self) -> Value {
         json!({"type": "object"})
     }
-    fn call(&self, _: Value) -> BoxFuture<'static, Result<String, ToolError>> {
+    fn call(&self, _ctx: ToolContext, _: Value) -> BoxFuture<'static, Result<ToolOutput, ToolError>> {
         async move {
             tokio::time::sleep(Duration::from_secs(3600)).await;
             Ok("late".into())
@@ -365,7 +365,7 @@ impl Tool for Sleeps {
 }
 
 fn registry_with(extra: Vec<Arc<dyn Tool>>) -> ToolRegistry {
-    let mut registry = ToolRegistry::with_builtins();
+    let registry = ToolRegistry::with_builtins();
     for tool in extra {
         registry.register(tool).expect("register test tool");
     }

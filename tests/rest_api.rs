@@ -231,6 +231,7 @@ const CONVERSATION_KEYS: &[&str] = &[
     "title",
     "model",
     "provider",
+    "project_id",
     "system_prompt",
     "temperature",
     "max_tokens",
@@ -248,6 +249,7 @@ const MESSAGE_KEYS: &[&str] = &[
     "steps",
     "tool_calls",
     "usage",
+    "sources",
     "status",
     "finish_reason",
     "error",
@@ -271,12 +273,21 @@ async fn healthz_and_readyz_answer_ok() {
 async fn tools_lists_the_builtins_sorted_with_schemas() {
     let (_mock, app) = start().await;
     let body = ok_json(&get(&app, "/api/tools").await, 200);
-    assert_eq!(keys(&body), set(&["tools"]));
+    assert_eq!(keys(&body), set(&["tools", "sources"]));
+    assert_eq!(body["sources"], json!([]));
     let tools = body["tools"].as_array().expect("tools array");
     let names: Vec<&str> = tools.iter().map(|t| t["name"].as_str().expect("name")).collect();
     assert_eq!(names, ["calculator", "get_current_time"]);
     for tool in tools {
-        assert_eq!(keys(tool), set(&["name", "description", "parameters"]), "{tool}");
+        assert_eq!(
+            keys(tool),
+            set(&["name", "description", "parameters", "origin", "approval"]),
+            "{tool}"
+        );
+        assert_eq!(
+            (tool["origin"].as_str(), tool["approval"].as_str()),
+            (Some("builtin"), Some("auto"))
+        );
         assert!(!tool["description"].as_str().expect("description").is_empty());
         assert_eq!(tool["parameters"]["type"], "object", "{tool}");
         assert!(tool["parameters"]["properties"].is_object(), "{tool}");

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use chatd::tools::{Tool, ToolError, ToolRegistry};
+use chatd::tools::{Tool, ToolContext, ToolError, ToolOutput, ToolRegistry};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
@@ -315,7 +315,7 @@ impl Tool for Blocks {
     fn parameters(&self) -> Value {
         json!({"type": "object"})
     }
-    fn call(&self, _: Value) -> BoxFuture<'static, Result<String, ToolError>> {
+    fn call(&self, _ctx: ToolContext, _: Value) -> BoxFuture<'static, Result<ToolOutput, ToolError>> {
         let guard = SetOnDrop(self.0.clone());
         async move {
             let _guard = guard;
@@ -332,7 +332,7 @@ async fn cancel_mid_tool_stops_the_running_tool() {
     upstream.push(mock::tool_reply(&[("t1", "blocks", "{}")], 1, 1));
     upstream.push(mock::text_reply(&["next turn"], 1, 1));
     let dropped = Arc::new(AtomicBool::new(false));
-    let mut tools = ToolRegistry::with_builtins();
+    let tools = ToolRegistry::with_builtins();
     tools.register(Arc::new(Blocks(dropped.clone()))).expect("register");
     let app = TestApp::start_with(&upstream.base_url, |_| {}, tools).await;
 

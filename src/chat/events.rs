@@ -28,6 +28,7 @@ use uuid::Uuid;
 pub enum ChatEvent {
     Start(StartEvent),
     Step(StepEvent),
+    Sources(SourcesEvent),
     Done(DoneEvent),
     Error(ErrorEvent),
 }
@@ -38,6 +39,7 @@ impl ChatEvent {
         match self {
             ChatEvent::Start(_) => "start",
             ChatEvent::Step(_) => "process_step",
+            ChatEvent::Sources(_) => "sources",
             ChatEvent::Done(_) => "done",
             ChatEvent::Error(_) => "error",
         }
@@ -54,6 +56,7 @@ impl ChatEvent {
         Some(match name {
             "start" => ChatEvent::Start(serde_json::from_str(data).ok()?),
             "process_step" => ChatEvent::Step(serde_json::from_str(data).ok()?),
+            "sources" => ChatEvent::Sources(serde_json::from_str(data).ok()?),
             "done" => ChatEvent::Done(serde_json::from_str(data).ok()?),
             "error" => ChatEvent::Error(serde_json::from_str(data).ok()?),
             _ => return None,
@@ -109,6 +112,13 @@ pub enum StepKind {
         /// The arguments as JSON text, exactly as the model produced them.
         arguments: String,
     },
+    /// The call `id_ref` waits for the user's approval
+    /// (`POST /api/chat/{message_id}/approve`).
+    ToolApproval {
+        id_ref: String,
+        name: String,
+        arguments: String,
+    },
     /// The result of the tool call `id_ref`.
     ToolResult {
         id_ref: String,
@@ -119,6 +129,13 @@ pub enum StepKind {
         /// Wall time of the call in ms.
         duration_ms: u64,
     },
+}
+
+/// `sources`: documents a tool cited, for the frontend to show as
+/// citations. Ids (`S1`, `S2`, ...) are unique within the reply.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SourcesEvent {
+    pub sources: Vec<crate::tools::Source>,
 }
 
 /// Token counts summed over every round of the reply (OpenAI `usage` shape).

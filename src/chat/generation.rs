@@ -16,6 +16,7 @@ use uuid::Uuid;
 use super::assemble::ToolCallAssembler;
 use super::events::{ChatEvent, DoneEvent, ErrorEvent, StartEvent, UsageTotals};
 use super::history;
+use super::log::Decision;
 use super::log::Reply;
 use super::steps::StepRecorder;
 use super::think::{Piece, ThinkSplitter};
@@ -26,7 +27,8 @@ use crate::llm::{
     ToolDefinition,
 };
 use crate::store::{FinalReply, Status};
-use crate::tools::executor::{self, Limits};
+use crate::tools::executor::{self, Limits, ToolOutcome};
+use crate::tools::{Approval, ToolContext};
 use futures::stream::BoxStream;
 
 /// Why a reply stopped before a normal end.
@@ -83,6 +85,8 @@ pub(super) struct Generation {
     pub settings: Settings,
     /// The providers that may serve this reply, in order.
     pub route: Route,
+    /// The conversation's project (its workspace is where tools work).
+    pub project_id: Option<String>,
     pub enabled_tools: Arc<Vec<String>>,
     pub tool_choice: Option<Value>,
     pub suggested_title: Option<String>,
@@ -120,6 +124,7 @@ impl Generation {
             reasoning: (!rec.reasoning.is_empty()).then(|| rec.reasoning.clone()),
             steps: serde_json::to_value(rec.stored()).unwrap_or(Value::Array(vec![])),
             tool_calls: (!rec.tool_calls.is_empty()).then(|| json!(rec.tool_calls)),
+            sources: (!rec.sources.is_empty()).then(|| json!(rec.sources)),
             prompt_tokens: usage.prompt_tokens,
             completion_tokens: usage.completion_tokens,
             finish_reason: finish_reason.clone(),
@@ -366,8 +371,11 @@ impl Generation {
         }
     }
 
-    /// Runs a round's calls, publishing each result and appending it to the
-    /// history. Cancelling drops (and so aborts) the calls still running.
+    /// Runs a round's calls, publishing each result (in call order) and
+    /// appending it to the history. Calls whose tool asks for approval first
+    /// emit a `tool_approval` step and wait for the user's decision (a denial
+    /// or no answer in time becomes a failed result). Cancelling drops (and
+    /// so aborts) the calls still running.
     async fn run_tools(
         &self,
         calls: &[ToolCall],
@@ -375,32 +383,112 @@ impl Generation {
         messages: &mut Vec<RequestMessage>,
     ) -> Result<(), Stop> {
         let config = &self.deps.config.tools;
+        let mut outcomes: Vec<Option<ToolOutcome>> = vec![None; calls.len()];
+        let mut approved = Vec::new();
+        let mut waiting = Vec::new();
+        for (i, call) in calls.iter().enumerate() {
+            let asks = self.enabled_tools.contains(&call.function.name)
+                && self.deps.tools.approval(&call.function.name) == Approval::Ask;
+            if asks {
+                let rx = self.reply.await_approval(&call.id);
+                let event = rec.tool_approval(call);
+                self.emit(rec, event);
+                waiting.push((i, rx));
+            } else {
+                approved.push(i);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(config.approval_timeout_ms);
+        for (i, rx) in waiting {
+            let decision = tokio::select! {
+                biased;
+                _ = self.reply.cancel.cancelled() => return Err(Stop::Cancelled),
+                d = tokio::time::timeout_at(deadline, rx) => d,
+            };
+            match decision {
+                Ok(Ok(Decision { approved: true, .. })) => approved.push(i),
+                Ok(Ok(Decision {
+                    approved: false,
+                    reason,
+                })) => {
+                    let why = reason.map(|r| format!(" Their reason: {r}")).unwrap_or_default();
+                    outcomes[i] = Some(declined(format!(
+                        "Error: the user declined to run this tool call.{why} Do not call it again unless asked."
+                    )));
+                }
+                Ok(Err(_)) | Err(_) => {
+                    self.reply.forget_approval(&calls[i].id);
+                    outcomes[i] = Some(declined(format!(
+                        "Error: the user did not approve this tool call within {} ms, so it was not run.",
+                        config.approval_timeout_ms
+                    )));
+                }
+            }
+        }
+        approved.sort_unstable();
+
         let limits = Limits {
             timeout: std::time::Duration::from_millis(config.timeout_ms),
             concurrency: config.concurrency,
             max_output_bytes: config.max_output_bytes,
         };
-        let mut results = executor::run_calls(
-            self.deps.tools.clone(),
-            self.enabled_tools.clone(),
-            calls.to_vec(),
-            limits,
-        );
+        let ctx = ToolContext {
+            conversation_id: self.reply.conversation_id,
+            message_id: self.reply.message_id,
+            workspace: self.project_id.as_ref().map(|p| config.workspace_root.join(p)),
+            project_id: self.project_id.clone(),
+        };
+        let to_run: Vec<ToolCall> = approved.iter().map(|&i| calls[i].clone()).collect();
+        let mut results = executor::run_calls(self.deps.tools.clone(), self.enabled_tools.clone(), ctx, to_run, limits);
+        let mut next_to_emit = 0;
         loop {
+            while let Some(Some(outcome)) = outcomes.get_mut(next_to_emit).map(Option::take) {
+                self.publish_result(&calls[next_to_emit], outcome, rec, messages);
+                next_to_emit += 1;
+            }
+            if next_to_emit == calls.len() {
+                return Ok(());
+            }
             let next = tokio::select! {
                 biased;
                 _ = self.reply.cancel.cancelled() => return Err(Stop::Cancelled),
                 next = results.next() => next,
             };
-            let Some((i, outcome)) = next else { return Ok(()) };
-            let call = &calls[i];
-            messages.push(RequestMessage::Tool {
-                tool_call_id: call.id.clone(),
-                content: outcome.content.clone(),
-            });
-            let event = rec.tool_result(call, outcome.content, outcome.success, outcome.duration_ms);
+            let Some((j, outcome)) = next else {
+                return Err(Stop::Internal("a tool call produced no result".into()));
+            };
+            outcomes[approved[j]] = Some(outcome);
+        }
+    }
+
+    /// Emits one tool result (and its sources) and adds it to the history.
+    fn publish_result(
+        &self,
+        call: &ToolCall,
+        outcome: ToolOutcome,
+        rec: &mut StepRecorder,
+        messages: &mut Vec<RequestMessage>,
+    ) {
+        messages.push(RequestMessage::Tool {
+            tool_call_id: call.id.clone(),
+            content: outcome.content.clone(),
+        });
+        let event = rec.tool_result(call, outcome.content, outcome.success, outcome.duration_ms);
+        self.emit(rec, event);
+        if !outcome.sources.is_empty() {
+            let event = rec.sources(outcome.sources);
             self.emit(rec, event);
         }
+    }
+}
+
+/// The outcome of a call that was not run.
+fn declined(content: String) -> ToolOutcome {
+    ToolOutcome {
+        content,
+        success: false,
+        duration_ms: 0,
+        sources: Vec::new(),
     }
 }
 

@@ -74,6 +74,7 @@ fn push_reply(out: &mut Vec<RequestMessage>, row: &MessageRow) {
                 function: FunctionCall { name, arguments },
             }),
             StepKind::ToolResult { id_ref, content, .. } => round.results.push((id_ref, content)),
+            StepKind::ToolApproval { .. } => {}
         }
     }
     for round in rounds.into_values() {

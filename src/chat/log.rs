@@ -67,6 +67,23 @@ pub struct Reply {
     interrupted: AtomicBool,
     /// Where events are also appended durably (the `reply_events` table).
     sink: Option<Writer>,
+    /// Tool calls waiting for the user's decision, by tool call id.
+    approvals: Mutex<HashMap<String, tokio::sync::oneshot::Sender<Decision>>>,
+}
+
+/// The user's answer to a `tool_approval` step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub approved: bool,
+    /// Why, in the user's words (passed to the model on a denial).
+    pub reason: Option<String>,
+}
+
+/// Why an approval could not be delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApprovalError {
+    /// No call with that id is waiting (never asked, or already decided).
+    NotPending,
 }
 
 impl Reply {
@@ -83,6 +100,7 @@ impl Reply {
             on_disconnect,
             interrupted: AtomicBool::new(false),
             sink,
+            approvals: Mutex::new(HashMap::new()),
         }
     }
 
@@ -95,6 +113,38 @@ impl Reply {
             state.events = events;
         }
         reply
+    }
+
+    /// Registers a call that waits for approval; the receiver gets the
+    /// decision.
+    pub fn await_approval(&self, tool_call_id: &str) -> tokio::sync::oneshot::Receiver<Decision> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.approvals
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(tool_call_id.to_string(), tx);
+        rx
+    }
+
+    /// Delivers the user's decision for a waiting call.
+    pub fn decide(&self, tool_call_id: &str, decision: Decision) -> Result<(), ApprovalError> {
+        let waiting = self
+            .approvals
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(tool_call_id);
+        match waiting {
+            Some(tx) => tx.send(decision).map_err(|_| ApprovalError::NotPending),
+            None => Err(ApprovalError::NotPending),
+        }
+    }
+
+    /// Forgets a waiting call (its time ran out).
+    pub fn forget_approval(&self, tool_call_id: &str) {
+        self.approvals
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(tool_call_id);
     }
 
     /// Stops the reply because the server is stopping: it is stored as

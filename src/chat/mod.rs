@@ -42,6 +42,9 @@ pub enum ChatError {
     /// cancelled.
     #[error("the reply already ended with status {status}; there is nothing to cancel")]
     AlreadyEnded { status: &'static str },
+    /// No tool call with that id waits for approval in that reply.
+    #[error("no tool call {0:?} is waiting for approval in this reply (never asked, already decided, or timed out)")]
+    NoPendingApproval(String),
     /// The server is shutting down and takes no new messages.
     #[error("the server is shutting down; send the message again in a moment")]
     ShuttingDown,
@@ -124,6 +127,9 @@ impl ToolChoice {
 #[derive(Debug, Clone, Default)]
 pub struct ChatInput {
     pub message: String,
+    /// The project of a new conversation (`^[A-Za-z0-9_-]{1,64}$`); an
+    /// existing conversation keeps the one it was created with.
+    pub project_id: Option<String>,
     /// `None` creates a conversation (with `settings` stored on it).
     pub conversation_id: Option<Uuid>,
     pub settings: SettingsInput,
@@ -154,6 +160,22 @@ pub fn validate_settings(s: &SettingsInput) -> Result<(), ChatError> {
         ));
     }
     Ok(())
+}
+
+/// Checks a project id: 1 to 64 of `A-Z a-z 0-9 _ -` (it names a directory).
+pub fn validate_project_id(project: &str) -> Result<(), ChatError> {
+    let ok = !project.is_empty()
+        && project.len() <= 64
+        && project
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ChatError::Invalid(format!(
+            "project_id {project:?} must be 1 to 64 letters, digits, '_' or '-'"
+        )))
+    }
 }
 
 /// Starts replies and finds running ones.
@@ -199,6 +221,16 @@ impl ChatService {
     /// Every registered tool.
     pub fn tools(&self) -> Vec<ToolInfo> {
         self.deps.tools.list()
+    }
+
+    /// The state of every tool source (MCP server).
+    pub fn tool_sources(&self) -> Vec<crate::tools::SourceStatus> {
+        self.deps.tools.source_statuses()
+    }
+
+    /// The tool registry (MCP servers add their tools to it at run time).
+    pub fn tool_registry(&self) -> &Arc<ToolRegistry> {
+        &self.deps.tools
     }
 
     /// The reply with that assistant message id, while it is in memory.
@@ -253,6 +285,7 @@ impl ChatService {
                     title: Some(title::from_message(&input.message)),
                     model: s.model.clone(),
                     provider: s.provider.clone(),
+                    project_id: input.project_id.clone(),
                     system_prompt: s.system_prompt.clone(),
                     temperature: s.temperature,
                     max_tokens: s.max_tokens,
@@ -300,6 +333,7 @@ impl ChatService {
             user_message_id: turn.user_message_id,
             settings,
             route,
+            project_id: conversation.project_id.clone(),
             enabled_tools: Arc::new(enabled),
             tool_choice: input.tool_choice.as_ref().map(ToolChoice::to_json),
             suggested_title: if create { conversation.title.clone() } else { None },
@@ -398,6 +432,27 @@ impl ChatService {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.deps.store.writer().flush().await;
+    }
+
+    /// Delivers the user's decision on a tool call that waits for approval.
+    ///
+    /// Errors: [`ChatError::MessageNotFound`] when no running reply has that
+    /// id; [`ChatError::NoPendingApproval`] when that call is not waiting.
+    pub fn approve(
+        &self,
+        message_id: Uuid,
+        tool_call_id: &str,
+        approved: bool,
+        reason: Option<String>,
+    ) -> Result<(), ChatError> {
+        let reply = self
+            .replies
+            .get(message_id)
+            .filter(|r| !r.is_finished())
+            .ok_or(ChatError::MessageNotFound(message_id))?;
+        reply
+            .decide(tool_call_id, log::Decision { approved, reason })
+            .map_err(|_| ChatError::NoPendingApproval(tool_call_id.to_string()))
     }
 
     /// Number of replies running now.

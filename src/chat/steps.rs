@@ -38,6 +38,8 @@ pub struct StepRecorder {
     reasoning_round: Option<u32>,
     /// Every tool call of the reply, in order.
     pub tool_calls: Vec<ToolCall>,
+    /// Every source cited in the reply, in order.
+    pub sources: Vec<crate::tools::Source>,
     /// When the partial reply was last written to the database.
     last_snapshot: Option<std::time::Instant>,
 }
@@ -103,6 +105,29 @@ impl StepRecorder {
             name: call.function.name.clone(),
             arguments: call.function.arguments.clone(),
         })
+    }
+
+    /// A call that waits for approval; returns its event.
+    pub fn tool_approval(&mut self, call: &ToolCall) -> ChatEvent {
+        self.single(StepKind::ToolApproval {
+            id_ref: call.id.clone(),
+            name: call.function.name.clone(),
+            arguments: call.function.arguments.clone(),
+        })
+    }
+
+    /// Sources a tool cited: numbered `S1`, `S2`, ... across the reply and
+    /// kept for the stored message; returns the `sources` event.
+    pub fn sources(&mut self, found: Vec<crate::tools::Source>) -> ChatEvent {
+        let numbered: Vec<crate::tools::Source> = found
+            .into_iter()
+            .map(|mut s| {
+                s.id = format!("S{}", self.sources.len() + 1);
+                self.sources.push(s.clone());
+                s
+            })
+            .collect();
+        ChatEvent::Sources(super::events::SourcesEvent { sources: numbered })
     }
 
     /// A tool result; returns its event.

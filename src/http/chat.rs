@@ -23,6 +23,10 @@ pub struct ChatBody {
     /// Absent: create a conversation (storing the settings below on it).
     #[serde(default)]
     pub conversation_id: Option<Uuid>,
+    /// The project of a new conversation; its workspace is where the
+    /// workspace tools work.
+    #[serde(default)]
+    pub project_id: Option<String>,
     #[serde(default)]
     pub model: Option<String>,
     /// A `[[providers]]` name; absent routes by model.
@@ -96,6 +100,35 @@ pub async fn resume(
     ))
 }
 
+/// Body of `POST /api/chat/{message_id}/approve`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApproveBody {
+    /// The `id_ref` of the `tool_approval` step.
+    pub tool_call_id: String,
+    pub approved: bool,
+    /// Why (given to the model when the call is declined).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `POST /api/chat/{message_id}/approve`: 200 `{"message_id","tool_call_id","approved"}`;
+/// 404 when no running reply has that id; 409 `not_pending` when that call
+/// is not waiting for approval.
+pub async fn approve(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<ApproveBody>,
+) -> Result<Json<Value>, ApiError> {
+    let message_id = parse_uuid("message id", &id)?;
+    state
+        .chat
+        .approve(message_id, &body.tool_call_id, body.approved, body.reason)?;
+    Ok(Json(
+        json!({"message_id": message_id, "tool_call_id": body.tool_call_id, "approved": body.approved}),
+    ))
+}
+
 /// `POST /api/chat/{message_id}/cancel`: 200 `{"message_id","status":"cancelled"}`
 /// once the reply is stored as cancelled (also when it already was); 404 for
 /// an unknown message; 409 `reply_finished` for a reply that ended otherwise.
@@ -117,6 +150,7 @@ impl ChatBody {
             .transpose()?;
         Ok(ChatInput {
             message: self.message,
+            project_id: self.project_id,
             conversation_id: self.conversation_id,
             settings: SettingsInput {
                 model: self.model,

@@ -57,6 +57,9 @@ pub struct CreateBody {
     /// A `[[providers]]` name the conversation is pinned to.
     #[serde(default)]
     provider: Option<String>,
+    /// The project whose workspace the tools work in (set once, here).
+    #[serde(default)]
+    project_id: Option<String>,
     #[serde(default)]
     system_prompt: Option<String>,
     #[serde(default)]
@@ -80,6 +83,9 @@ pub async fn create(
         max_tokens: body.max_tokens,
         thinking: None,
     })?;
+    if let Some(project) = &body.project_id {
+        crate::chat::validate_project_id(project)?;
+    }
     let c = state
         .chat
         .store()
@@ -87,6 +93,7 @@ pub async fn create(
             title: body.title,
             model: body.model,
             provider: body.provider,
+            project_id: body.project_id,
             system_prompt: body.system_prompt,
             temperature: body.temperature,
             max_tokens: body.max_tokens,

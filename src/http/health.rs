@@ -27,8 +27,10 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
     Ok(Json(json!({"status": "ready"})))
 }
 
-/// `GET /api/tools`: `{"tools": [{name, description, parameters}]}`, where
-/// `parameters` is the JSON Schema of the arguments.
+/// `GET /api/tools`: `{"tools": [{name, description, parameters, origin,
+/// approval}], "sources": [{name, status, error, tools}]}`, where
+/// `parameters` is the JSON Schema of the arguments and `sources` reports
+/// each MCP server.
 pub async fn tools(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({"tools": state.chat.tools()}))
+    Json(json!({"tools": state.chat.tools(), "sources": state.chat.tool_sources()}))
 }

@@ -4,6 +4,7 @@
 //! - `POST /api/chat` — start a reply, answered as `text/event-stream`
 //! - `GET /api/chat/{message_id}/events` — resume a reply's stream
 //! - `POST /api/chat/{message_id}/cancel` — stop a reply
+//! - `POST /api/chat/{message_id}/approve` — let a tool call run, or decline it
 //! - `GET|POST /api/conversations`, `GET|PATCH|DELETE /api/conversations/{id}`,
 //!   `GET /api/conversations/{id}/messages`
 //! - `GET /api/tools`, `GET /api/models`
@@ -44,6 +45,7 @@ pub fn router(chat: Arc<ChatService>) -> Router {
         .route("/api/chat", post(chat::post_chat))
         .route("/api/chat/{message_id}/events", get(chat::resume))
         .route("/api/chat/{message_id}/cancel", post(chat::cancel))
+        .route("/api/chat/{message_id}/approve", post(chat::approve))
         .route(
             "/api/conversations",
             get(conversations::list).post(conversations::create),

@@ -21,6 +21,8 @@ pub struct Conversation {
     /// Provider (a `[[providers]]` name) the conversation is pinned to;
     /// `None` routes by model.
     pub provider: Option<String>,
+    /// Project whose workspace the tools work in; set on creation only.
+    pub project_id: Option<String>,
     /// System prompt sent first on every turn.
     pub system_prompt: Option<String>,
     /// Sampling temperature, 0..=2.
@@ -43,6 +45,7 @@ pub struct NewConversation {
     pub title: Option<String>,
     pub model: Option<String>,
     pub provider: Option<String>,
+    pub project_id: Option<String>,
     pub system_prompt: Option<String>,
     pub temperature: Option<f64>,
     pub max_tokens: Option<u32>,
@@ -70,6 +73,7 @@ impl Conversation {
             title: row.try_get("title")?,
             model: row.try_get("model")?,
             provider: row.try_get("provider")?,
+            project_id: row.try_get("project_id")?,
             system_prompt: row.try_get("system_prompt")?,
             temperature: row.try_get("temperature")?,
             max_tokens: max_tokens.and_then(|v| u32::try_from(v).ok()),
@@ -106,8 +110,8 @@ impl Conversation {
 }
 
 pub(super) const INSERT_CONVERSATION: &str = "INSERT INTO conversations \
-    (id, title, model, provider, system_prompt, temperature, max_tokens, thinking, created_at, updated_at) \
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+    (id, title, model, provider, project_id, system_prompt, temperature, max_tokens, thinking, created_at, updated_at) \
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
 /// Binds a conversation's columns in `INSERT_CONVERSATION` order and runs it.
 pub(super) async fn insert<'c, E>(exec: E, c: &Conversation) -> Result<(), StoreError>
@@ -119,6 +123,7 @@ where
         .bind(&c.title)
         .bind(&c.model)
         .bind(&c.provider)
+        .bind(&c.project_id)
         .bind(&c.system_prompt)
         .bind(c.temperature)
         .bind(c.max_tokens.map(i64::from))
@@ -139,6 +144,7 @@ impl NewConversation {
             title: self.title,
             model: self.model,
             provider: self.provider,
+            project_id: self.project_id,
             system_prompt: self.system_prompt,
             temperature: self.temperature,
             max_tokens: self.max_tokens,

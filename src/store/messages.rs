@@ -89,6 +89,8 @@ pub struct MessageRow {
     pub tool_calls: Option<Value>,
     /// `{prompt_tokens, completion_tokens, total_tokens}` summed over rounds.
     pub usage: Option<Value>,
+    /// Documents the reply cited: `[{id, title, path, snippet}]`.
+    pub sources: Option<Value>,
     pub status: Status,
     /// Upstream finish_reason of the last round, or `cancelled`.
     pub finish_reason: Option<String>,
@@ -120,6 +122,7 @@ impl MessageRow {
             steps: parse_json(Some(steps))?.unwrap_or(Value::Null),
             tool_calls: parse_json(row.try_get("tool_calls")?)?,
             usage: parse_json(row.try_get("usage")?)?,
+            sources: parse_json(row.try_get("sources")?)?,
             status: Status::parse(&status)?,
             finish_reason: row.try_get("finish_reason")?,
             error: parse_json(row.try_get("error")?)?,
@@ -152,6 +155,8 @@ pub struct FinalReply {
     /// JSON array text.
     pub steps: Value,
     pub tool_calls: Option<Value>,
+    /// Cited documents, JSON array.
+    pub sources: Option<Value>,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub finish_reason: Option<String>,
@@ -174,7 +179,7 @@ pub(super) async fn write_final(
         "total_tokens": reply.prompt_tokens + reply.completion_tokens,
     });
     sqlx::query(
-        "UPDATE messages SET status = ?, content = ?, reasoning = ?, steps = ?, tool_calls = ?, \
+        "UPDATE messages SET status = ?, content = ?, reasoning = ?, steps = ?, tool_calls = ?, sources = ?, \
          usage = ?, finish_reason = ?, error = ?, updated_at = ? WHERE id = ?",
     )
     .bind(reply.status.as_str())
@@ -182,6 +187,7 @@ pub(super) async fn write_final(
     .bind(&reply.reasoning)
     .bind(reply.steps.to_string())
     .bind(reply.tool_calls.as_ref().map(Value::to_string))
+    .bind(reply.sources.as_ref().map(Value::to_string))
     .bind(usage.to_string())
     .bind(&reply.finish_reason)
     .bind(reply.error.as_ref().map(Value::to_string))

@@ -4,7 +4,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
-use super::{Tool, ToolError};
+use super::{Tool, ToolContext, ToolError, ToolOutput};
 
 /// Arithmetic on f64: `+ - * / ^ %`, parentheses, functions such as `sqrt`,
 /// `sin`, `ln`, `log10`, `abs`, and the constants `PI` and `E`.
@@ -37,13 +37,13 @@ impl Tool for Calculator {
         })
     }
 
-    fn call(&self, arguments: Value) -> BoxFuture<'static, Result<String, ToolError>> {
+    fn call(&self, _ctx: ToolContext, arguments: Value) -> BoxFuture<'static, Result<ToolOutput, ToolError>> {
         let expression = arguments
             .get("expression")
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
-        async move { evaluate(&expression) }.boxed()
+        async move { evaluate(&expression).map(ToolOutput::from) }.boxed()
     }
 }
 

@@ -4,7 +4,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
-use super::{Tool, ToolError};
+use super::{Tool, ToolContext, ToolError, ToolOutput};
 
 /// Returns `{"timezone", "datetime" (RFC 3339 with offset), "weekday",
 /// "unix_seconds"}` as JSON text. The timezone database is bundled.
@@ -33,7 +33,7 @@ impl Tool for CurrentTime {
         })
     }
 
-    fn call(&self, arguments: Value) -> BoxFuture<'static, Result<String, ToolError>> {
+    fn call(&self, _ctx: ToolContext, arguments: Value) -> BoxFuture<'static, Result<ToolOutput, ToolError>> {
         let tz = arguments
             .get("timezone")
             .and_then(Value::as_str)
@@ -41,7 +41,7 @@ impl Tool for CurrentTime {
             .filter(|s| !s.is_empty())
             .unwrap_or("UTC")
             .to_string();
-        async move { now_in(&tz, jiff::Timestamp::now()) }.boxed()
+        async move { now_in(&tz, jiff::Timestamp::now()).map(ToolOutput::from) }.boxed()
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures::{Stream, StreamExt};
 use serde_json::Value;
 
-use super::ToolRegistry;
+use super::{ToolContext, ToolOutput, ToolRegistry};
 use crate::llm::ToolCall;
 
 /// Limits for one round of calls.
@@ -34,6 +34,8 @@ pub struct ToolOutcome {
     pub success: bool,
     /// Wall time in ms, including the schema check.
     pub duration_ms: u64,
+    /// Documents the tool cites (empty for most tools).
+    pub sources: Vec<super::Source>,
 }
 
 /// Runs `calls` and yields `(index in calls, outcome)` in call order, each as
@@ -43,6 +45,7 @@ pub struct ToolOutcome {
 pub fn run_calls(
     registry: Arc<ToolRegistry>,
     enabled: Arc<Vec<String>>,
+    ctx: ToolContext,
     calls: Vec<ToolCall>,
     limits: Limits,
 ) -> impl Stream<Item = (usize, ToolOutcome)> + Send + 'static {
@@ -50,13 +53,14 @@ pub fn run_calls(
         .map(move |(i, call)| {
             let registry = registry.clone();
             let enabled = enabled.clone();
+            let ctx = ctx.clone();
             async move {
                 let started = Instant::now();
-                let result = run_one(&registry, &enabled, call, limits).await;
+                let result = run_one(&registry, &enabled, ctx, call, limits).await;
                 let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-                let (content, success) = match result {
-                    Ok(text) => (cut(text, limits.max_output_bytes), true),
-                    Err(text) => (text, false),
+                let (content, success, sources) = match result {
+                    Ok(out) => (cut(out.content, limits.max_output_bytes), true, out.sources),
+                    Err(text) => (text, false, Vec::new()),
                 };
                 (
                     i,
@@ -64,6 +68,7 @@ pub fn run_calls(
                         content,
                         success,
                         duration_ms,
+                        sources,
                     },
                 )
             }
@@ -83,9 +88,10 @@ impl Drop for AbortOnDrop {
 async fn run_one(
     registry: &ToolRegistry,
     enabled: &[String],
+    ctx: ToolContext,
     call: ToolCall,
     limits: Limits,
-) -> Result<String, String> {
+) -> Result<ToolOutput, String> {
     let name = call.function.name.as_str();
     let tool = match registry.get(name) {
         Some(tool) if enabled.iter().any(|n| n == name) => tool,
@@ -127,17 +133,18 @@ async fn run_one(
         ));
     }
 
-    let handle = tokio::spawn(tool.tool.call(arguments));
+    let timeout = tool.tool.timeout().unwrap_or(limits.timeout);
+    let handle = tokio::spawn(tool.tool.call(ctx, arguments));
     let _abort = AbortOnDrop(handle.abort_handle());
-    match tokio::time::timeout(limits.timeout, handle).await {
+    match tokio::time::timeout(timeout, handle).await {
         Err(_) => Err(format!(
             "Error: {name} did not finish within {} ms and was stopped.",
-            limits.timeout.as_millis()
+            timeout.as_millis()
         )),
         Ok(Err(join)) if join.is_panic() => Err(format!("Error: {name} crashed while running.")),
         Ok(Err(_)) => Err(format!("Error: {name} was cancelled.")),
         Ok(Ok(Err(e))) => Err(format!("Error: {e}")),
-        Ok(Ok(Ok(text))) => Ok(text),
+        Ok(Ok(Ok(out))) => Ok(out),
     }
 }
 
@@ -182,7 +189,13 @@ mod tests {
             concurrency: 4,
             max_output_bytes: 1000,
         };
-        run_calls(registry, enabled, calls, limits)
+        let ctx = ToolContext {
+            conversation_id: uuid::Uuid::nil(),
+            message_id: uuid::Uuid::nil(),
+            project_id: None,
+            workspace: None,
+        };
+        run_calls(registry, enabled, ctx, calls, limits)
             .map(|(_, o)| o)
             .collect()
             .await

@@ -39,6 +39,65 @@ pub enum RegistryError {
     BadSchema { name: String, reason: String },
 }
 
+/// Whether a call runs right away or waits for the user's approval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Approval {
+    /// Runs without asking (tools without side effects).
+    Auto,
+    /// The reply emits a `tool_approval` step and waits for
+    /// `POST /api/chat/{message_id}/approve`.
+    Ask,
+}
+
+/// What a call knows about the reply it runs in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolContext {
+    pub conversation_id: uuid::Uuid,
+    /// The assistant message (reply) the call belongs to.
+    pub message_id: uuid::Uuid,
+    /// The conversation's project, if it has one.
+    pub project_id: Option<String>,
+    /// `tools.workspace_root/<project_id>` when the conversation has a
+    /// project; `None` otherwise (workspace tools then refuse to run).
+    pub workspace: Option<std::path::PathBuf>,
+}
+
+/// A document a tool used, shown to the user as a citation (the `sources`
+/// event).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Source {
+    /// Stable within the reply, e.g. `"S1"`.
+    pub id: String,
+    pub title: String,
+    /// Path relative to the project workspace, or a URL.
+    pub path: String,
+    /// The matching passage, plain text.
+    pub snippet: String,
+}
+
+/// A tool's result: the text for the model, plus any sources it cites.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ToolOutput {
+    pub content: String,
+    pub sources: Vec<Source>,
+}
+
+impl From<String> for ToolOutput {
+    fn from(content: String) -> Self {
+        Self {
+            content,
+            sources: Vec::new(),
+        }
+    }
+}
+
+impl From<&str> for ToolOutput {
+    fn from(content: &str) -> Self {
+        content.to_string().into()
+    }
+}
+
 /// A function the model can call.
 pub trait Tool: Send + Sync + 'static {
     /// Unique name, `^[a-zA-Z0-9_-]{1,64}$` (the OpenAI function-name rule).
@@ -47,10 +106,24 @@ pub trait Tool: Send + Sync + 'static {
     fn description(&self) -> &str;
     /// JSON Schema of the arguments object.
     fn parameters(&self) -> Value;
+    /// Where the tool comes from, shown by `GET /api/tools`: `"builtin"`, or
+    /// `"mcp:<server>"`.
+    fn origin(&self) -> String {
+        "builtin".to_string()
+    }
+    /// The approval policy when `tools.approval` does not name the tool:
+    /// [`Approval::Ask`] for tools with side effects.
+    fn default_approval(&self) -> Approval {
+        Approval::Auto
+    }
+    /// Longest run of one call; `None` uses `tools.timeout_ms`.
+    fn timeout(&self) -> Option<std::time::Duration> {
+        None
+    }
     /// Runs the tool with arguments that passed the schema. The future must
-    /// not borrow `self` (it runs as its own task); the text is the result
-    /// given to the model.
-    fn call(&self, arguments: Value) -> BoxFuture<'static, Result<String, ToolError>>;
+    /// not borrow `self` (it runs as its own task, and is dropped when the
+    /// reply is cancelled or the call times out).
+    fn call(&self, ctx: ToolContext, arguments: Value) -> BoxFuture<'static, Result<ToolOutput, ToolError>>;
 }
 
 /// A tool and its compiled argument validator.
@@ -67,17 +140,37 @@ pub struct ToolInfo {
     pub description: String,
     /// JSON Schema of the arguments.
     pub parameters: Value,
+    /// `"builtin"` or `"mcp:<server>"`.
+    pub origin: String,
+    /// `auto` or `ask`, after `tools.approval` overrides.
+    pub approval: Approval,
 }
 
-/// The set of tools, by name (sorted).
+/// The state of a source of tools that can fail (an MCP server), shown by
+/// `GET /api/tools`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SourceStatus {
+    pub name: String,
+    /// `"connected"`, `"connecting"` or `"unavailable"`.
+    pub status: String,
+    /// The last error, if any.
+    pub error: Option<String>,
+    /// The tools it provides (registered names).
+    pub tools: Vec<String>,
+}
+
+/// The set of tools, by name (sorted). Tools can be added and removed while
+/// chatd runs (MCP servers that connect late or change their tools).
 #[derive(Default)]
 pub struct ToolRegistry {
-    tools: BTreeMap<String, Registered>,
+    tools: std::sync::RwLock<BTreeMap<String, Arc<Registered>>>,
+    approval: BTreeMap<String, Approval>,
+    sources: std::sync::RwLock<BTreeMap<String, SourceStatus>>,
 }
 
 impl std::fmt::Debug for ToolRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.tools.keys()).finish()
+        f.debug_list().entries(self.names()).finish()
     }
 }
 
@@ -89,7 +182,7 @@ impl ToolRegistry {
 
     /// The built-in tools: `calculator` and `get_current_time`.
     pub fn with_builtins() -> Self {
-        let mut registry = Self::new();
+        let registry = Self::new();
         for tool in [Arc::new(Calculator) as Arc<dyn Tool>, Arc::new(CurrentTime)] {
             if let Err(e) = registry.register(tool) {
                 // Built-in schemas are constants covered by tests.
@@ -99,51 +192,98 @@ impl ToolRegistry {
         registry
     }
 
+    /// Sets per-tool approval overrides (`tools.approval` in the config).
+    pub fn with_approval(mut self, approval: BTreeMap<String, Approval>) -> Self {
+        self.approval = approval;
+        self
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Registered>>> {
+        self.tools.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Registered>>> {
+        self.tools.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Adds a tool. Fails on a duplicate name or a schema that does not compile.
-    pub fn register(&mut self, tool: Arc<dyn Tool>) -> Result<(), RegistryError> {
+    pub fn register(&self, tool: Arc<dyn Tool>) -> Result<(), RegistryError> {
         let name = tool.name().to_string();
-        if self.tools.contains_key(&name) {
-            return Err(RegistryError::Duplicate(name));
-        }
         let parameters = tool.parameters();
         let validator = jsonschema::validator_for(&parameters).map_err(|e| RegistryError::BadSchema {
             name: name.clone(),
             reason: e.to_string(),
         })?;
-        self.tools.insert(
+        let mut tools = self.write();
+        if tools.contains_key(&name) {
+            return Err(RegistryError::Duplicate(name));
+        }
+        tools.insert(
             name,
-            Registered {
+            Arc::new(Registered {
                 tool,
                 parameters,
                 validator,
-            },
+            }),
         );
         Ok(())
     }
 
-    /// Whether a tool of that name exists.
-    pub fn contains(&self, name: &str) -> bool {
-        self.tools.contains_key(name)
+    /// Removes a tool; returns whether it existed.
+    pub fn unregister(&self, name: &str) -> bool {
+        self.write().remove(name).is_some()
     }
 
-    /// Every tool's name, description and schema, sorted by name.
+    /// Whether a tool of that name exists.
+    pub fn contains(&self, name: &str) -> bool {
+        self.read().contains_key(name)
+    }
+
+    /// The approval policy of a tool: the `tools.approval` override, else the
+    /// tool's default. Unknown tools are [`Approval::Auto`] (they fail anyway).
+    pub fn approval(&self, name: &str) -> Approval {
+        if let Some(a) = self.approval.get(name) {
+            return *a;
+        }
+        self.read()
+            .get(name)
+            .map_or(Approval::Auto, |r| r.tool.default_approval())
+    }
+
+    /// Every tool's name, description, schema, origin and approval, sorted
+    /// by name.
     pub fn list(&self) -> Vec<ToolInfo> {
-        self.tools
-            .iter()
+        let tools: Vec<(String, Arc<Registered>)> = self.read().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        tools
+            .into_iter()
             .map(|(name, r)| ToolInfo {
-                name: name.clone(),
+                approval: self.approval(&name),
                 description: r.tool.description().to_string(),
                 parameters: r.parameters.clone(),
+                origin: r.tool.origin(),
+                name,
             })
             .collect()
     }
 
     /// Names of every tool, sorted.
     pub fn names(&self) -> Vec<String> {
-        self.tools.keys().cloned().collect()
+        self.read().keys().cloned().collect()
     }
 
-    fn get(&self, name: &str) -> Option<&Registered> {
-        self.tools.get(name)
+    /// Records the state of a tool source (an MCP server).
+    pub fn set_source_status(&self, status: SourceStatus) {
+        let mut sources = self.sources.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        sources.insert(status.name.clone(), status);
+    }
+
+    /// The state of every tool source, by name.
+    pub fn source_statuses(&self) -> Vec<SourceStatus> {
+        let sources = self.sources.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        sources.values().cloned().collect()
+    }
+
+    fn get(&self, name: &str) -> Option<Arc<Registered>> {
+        self.read().get(name).cloned()
     }
 }
