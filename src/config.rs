@@ -44,6 +44,8 @@ pub struct Config {
     /// [`DEFAULT_PROVIDER`]; when not empty, `llm.base_url` and `llm.api_key`
     /// are ignored. See [`Config::effective_providers`].
     pub providers: Vec<ProviderConfig>,
+    /// MCP servers whose tools the model may call.
+    pub mcp_servers: Vec<McpServerConfig>,
     /// The reply loop.
     pub chat: ChatConfig,
     /// Tool execution.
@@ -196,6 +198,66 @@ pub struct ToolsConfig {
     /// How long in ms a reply waits for an approval before the call counts
     /// as declined.
     pub approval_timeout_ms: u64,
+    /// Largest file, in bytes, that `read_file` returns or `write_file`
+    /// writes, and that the document index reads.
+    pub max_file_bytes: u64,
+    /// Most bytes a project workspace may hold; a write that would pass it
+    /// is refused.
+    pub workspace_quota_bytes: u64,
+    /// `fetch_url` limits.
+    pub fetch: FetchConfig,
+}
+
+/// Limits of the `fetch_url` tool.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FetchConfig {
+    /// Longest fetch in ms, redirects included.
+    pub timeout_ms: u64,
+    /// Most bytes read from a response body; the rest is cut.
+    pub max_bytes: u64,
+    /// Most redirects followed (each target is checked again).
+    pub max_redirects: u32,
+    /// Hosts (names or IPs, exact match) fetched even when they resolve to a
+    /// loopback, private, link-local or metadata address.
+    pub allow_hosts: Vec<String>,
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        Self {
+            timeout_ms: 10_000,
+            max_bytes: 2 * 1024 * 1024,
+            max_redirects: 5,
+            allow_hosts: Vec::new(),
+        }
+    }
+}
+
+/// One MCP server (a `[[mcp_servers]]` table): either a child process
+/// speaking MCP over stdio (`command`, `args`, `env`) or a streamable-HTTP
+/// endpoint (`url`, `headers`). Its tools are registered as
+/// `<name>__<tool>`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpServerConfig {
+    /// Unique name, `^[A-Za-z0-9_-]{1,32}$`; prefixes its tools' names.
+    pub name: String,
+    /// Program to start (stdio transport).
+    #[serde(default)]
+    pub command: Option<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Endpoint URL (streamable HTTP transport).
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Longest run of one call in ms (default: `tools.timeout_ms`).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
 }
 
 /// HTTP limits.
@@ -213,6 +275,7 @@ impl Default for Config {
             database_url: "sqlite://chatd.db".to_string(),
             llm: LlmConfig::default(),
             providers: Vec::new(),
+            mcp_servers: Vec::new(),
             chat: ChatConfig::default(),
             tools: ToolsConfig::default(),
             http: HttpConfig::default(),
@@ -262,6 +325,9 @@ impl Default for ToolsConfig {
             workspace_root: std::path::PathBuf::from("workspaces"),
             approval: std::collections::BTreeMap::new(),
             approval_timeout_ms: 300_000,
+            max_file_bytes: 1024 * 1024,
+            workspace_quota_bytes: 100 * 1024 * 1024,
+            fetch: FetchConfig::default(),
         }
     }
 }

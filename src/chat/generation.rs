@@ -437,6 +437,8 @@ impl Generation {
             message_id: self.reply.message_id,
             workspace: self.project_id.as_ref().map(|p| config.workspace_root.join(p)),
             project_id: self.project_id.clone(),
+            config: self.deps.tools_config.clone(),
+            store: Some(self.deps.store.clone()),
         };
         let to_run: Vec<ToolCall> = approved.iter().map(|&i| calls[i].clone()).collect();
         let mut results = executor::run_calls(self.deps.tools.clone(), self.enabled_tools.clone(), ctx, to_run, limits);

@@ -62,6 +62,8 @@ pub struct Deps {
     pub providers: Providers,
     pub tools: Arc<ToolRegistry>,
     pub config: Arc<Config>,
+    /// `config.tools`, shared with every tool call.
+    pub tools_config: Arc<crate::config::ToolsConfig>,
 }
 
 /// Per-conversation settings a request may set or override. `None` means
@@ -196,6 +198,7 @@ impl ChatService {
                 store,
                 providers,
                 tools,
+                tools_config: Arc::new(config.tools.clone()),
                 config,
             }),
             replies: Arc::new(ReplyRegistry::default()),

@@ -189,13 +189,7 @@ mod tests {
             concurrency: 4,
             max_output_bytes: 1000,
         };
-        let ctx = ToolContext {
-            conversation_id: uuid::Uuid::nil(),
-            message_id: uuid::Uuid::nil(),
-            project_id: None,
-            workspace: None,
-        };
-        run_calls(registry, enabled, ctx, calls, limits)
+        run_calls(registry, enabled, ToolContext::detached(), calls, limits)
             .map(|(_, o)| o)
             .collect()
             .await

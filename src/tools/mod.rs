@@ -51,7 +51,7 @@ pub enum Approval {
 }
 
 /// What a call knows about the reply it runs in.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ToolContext {
     pub conversation_id: uuid::Uuid,
     /// The assistant message (reply) the call belongs to.
@@ -61,6 +61,25 @@ pub struct ToolContext {
     /// `tools.workspace_root/<project_id>` when the conversation has a
     /// project; `None` otherwise (workspace tools then refuse to run).
     pub workspace: Option<std::path::PathBuf>,
+    /// The `[tools]` settings (limits, fetch policy).
+    pub config: Arc<crate::config::ToolsConfig>,
+    /// The database, for tools that keep an index (`None` in unit tests).
+    pub store: Option<crate::store::Store>,
+}
+
+impl ToolContext {
+    /// A context outside any reply, with default settings and no store
+    /// (unit tests, tools used directly).
+    pub fn detached() -> Self {
+        Self {
+            conversation_id: uuid::Uuid::nil(),
+            message_id: uuid::Uuid::nil(),
+            project_id: None,
+            workspace: None,
+            config: Arc::new(crate::config::ToolsConfig::default()),
+            store: None,
+        }
+    }
 }
 
 /// A document a tool used, shown to the user as a citation (the `sources`
