@@ -1,0 +1,314 @@
+//! Approval before a tool runs, and sources cited by a tool, over real HTTP.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use chatd::tools::{Approval, Source, Tool, ToolContext, ToolError, ToolOutput, ToolRegistry};
+use eventsource_stream::Eventsource;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use serde_json::{Value, json};
+use support::mock::{self, MockUpstream};
+use support::{SseEvent, TestApp};
+
+/// A tool with a side effect: counts its runs; asks for approval.
+struct Launch(Arc<AtomicUsize>);
+
+impl Tool for Launch {
+    fn name(&self) -> &str {
+        "launch"
+    }
+    fn description(&self) -> &str {
+        "Launches the thing."
+    }
+    fn parameters(&self) -> Value {
+        json!({"type": "object", "properties": {"target": {"type": "string"}}})
+    }
+    fn default_approval(&self) -> Approval {
+        Approval::Ask
+    }
+    fn call(&self, _ctx: ToolContext, args: Value) -> BoxFuture<'static, Result<ToolOutput, ToolError>> {
+        let runs = self.0.clone();
+        async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Ok(format!("launched {}", args["target"].as_str().unwrap_or("?")).into())
+        }
+        .boxed()
+    }
+}
+
+/// Returns two sources.
+struct Cite;
+
+impl Tool for Cite {
+    fn name(&self) -> &str {
+        "cite"
+    }
+    fn description(&self) -> &str {
+        "Finds documents."
+    }
+    fn parameters(&self) -> Value {
+        json!({"type": "object"})
+    }
+    fn call(&self, _ctx: ToolContext, _: Value) -> BoxFuture<'static, Result<ToolOutput, ToolError>> {
+        async move {
+            let source = |path: &str| Source {
+                id: "x".into(),
+                title: format!("Title of {path}"),
+                path: path.into(),
+                snippet: format!("from {path}"),
+            };
+            Ok(ToolOutput {
+                content: "two documents".into(),
+                sources: vec![source("a.md"), source("b.md")],
+            })
+        }
+        .boxed()
+    }
+}
+
+async fn app(upstream: &MockUpstream, runs: Arc<AtomicUsize>, timeout_ms: u64) -> TestApp {
+    let tools = ToolRegistry::with_builtins();
+    tools.register(Arc::new(Launch(runs))).expect("register");
+    tools.register(Arc::new(Cite)).expect("register");
+    TestApp::start_with(&upstream.base_url, |c| c.tools.approval_timeout_ms = timeout_ms, tools).await
+}
+
+fn events_of(response: reqwest::Response) -> impl futures::Stream<Item = SseEvent> + Unpin {
+    Box::pin(response.bytes_stream().eventsource().map(|e| {
+        let e = e.expect("SSE");
+        SseEvent {
+            id: e.id,
+            event: e.event,
+            data: serde_json::from_str(&e.data).expect("JSON"),
+        }
+    }))
+}
+
+async fn next(stream: &mut (impl futures::Stream<Item = SseEvent> + Unpin)) -> SseEvent {
+    tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("in time")
+        .expect("event")
+}
+
+async fn rest(stream: &mut (impl futures::Stream<Item = SseEvent> + Unpin)) -> Vec<SseEvent> {
+    let mut out = Vec::new();
+    while let Some(e) = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("ends")
+    {
+        out.push(e);
+    }
+    out
+}
+
+async fn approve(app: &TestApp, message_id: &str, body: Value) -> (u16, Value) {
+    app.send(
+        reqwest::Method::POST,
+        &format!("/api/chat/{message_id}/approve"),
+        Some(body),
+    )
+    .await
+}
+
+async fn start_launch(app: &TestApp) -> (impl futures::Stream<Item = SseEvent> + Unpin, String) {
+    let r = app
+        .http
+        .post(app.url("/api/chat"))
+        .json(&json!({"message": "launch it"}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 200);
+    let mut stream = events_of(r);
+    let start = next(&mut stream).await;
+    let id = start.data["message_id"].as_str().expect("id").to_string();
+    let call = next(&mut stream).await;
+    assert_eq!(call.data["type"], "tool_call");
+    let ask = next(&mut stream).await;
+    assert_eq!(
+        ask.data,
+        json!({"id": "step-1", "index": 1, "type": "tool_approval", "id_ref": "L1", "name": "launch",
+               "arguments": "{\"target\":\"moon\"}"})
+    );
+    (stream, id)
+}
+
+fn script(upstream: &MockUpstream) {
+    upstream.push(mock::tool_reply(&[("L1", "launch", r#"{"target":"moon"}"#)], 1, 1));
+    upstream.push(mock::text_reply(&["ok"], 1, 1));
+}
+
+#[tokio::test]
+async fn an_approved_call_runs() {
+    let upstream = MockUpstream::start().await;
+    script(&upstream);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let app = app(&upstream, runs.clone(), 10_000).await;
+    let (mut stream, id) = start_launch(&app).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "nothing runs before the approval");
+    let (status, body) = approve(&app, &id, json!({"tool_call_id": "L1", "approved": true})).await;
+    assert_eq!(
+        (status, body),
+        (200, json!({"message_id": id, "tool_call_id": "L1", "approved": true}))
+    );
+    let tail = rest(&mut stream).await;
+    assert_eq!(tail[0].data["type"], "tool_result");
+    assert_eq!(
+        (tail[0].data["content"].as_str(), tail[0].data["success"].as_bool()),
+        (Some("launched moon"), Some(true))
+    );
+    assert_eq!(tail.last().map(|e| e.event.as_str()), Some("done"));
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+
+    // A decision for a call that is no longer waiting is a conflict.
+    let (status, body) = approve(&app, &id, json!({"tool_call_id": "L1", "approved": true})).await;
+    assert_eq!(status, 404, "the reply is over: {body}");
+    let (status, body) = approve(
+        &app,
+        &uuid::Uuid::now_v7().to_string(),
+        json!({"tool_call_id": "L1", "approved": true}),
+    )
+    .await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
+    let (status, body) = approve(&app, &id, json!({"tool_call_id": "L1"})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_request")));
+}
+
+#[tokio::test]
+async fn a_declined_call_becomes_a_failed_result_the_model_sees() {
+    let upstream = MockUpstream::start().await;
+    script(&upstream);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let app = app(&upstream, runs.clone(), 10_000).await;
+    let (mut stream, id) = start_launch(&app).await;
+    let (status, _) = approve(&app, &id, json!({"tool_call_id": "nope", "approved": true})).await;
+    assert_eq!(status, 409, "unknown tool call id");
+    let (status, _) = approve(
+        &app,
+        &id,
+        json!({"tool_call_id": "L1", "approved": false, "reason": "not today"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let tail = rest(&mut stream).await;
+    let expected =
+        "Error: the user declined to run this tool call. Their reason: not today Do not call it again unless asked.";
+    assert_eq!(tail[0].data["content"], expected);
+    assert_eq!(tail[0].data["success"], false);
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+    let sent = upstream.received();
+    assert_eq!(
+        sent[1]["messages"][2],
+        json!({"role": "tool", "tool_call_id": "L1", "content": expected})
+    );
+    let row = app.message_row(&id).await;
+    let types: Vec<&str> = row["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["type"].as_str().expect("t"))
+        .collect();
+    assert_eq!(types, ["tool_call", "tool_approval", "tool_result", "text"]);
+}
+
+#[tokio::test]
+async fn no_answer_in_time_counts_as_a_denial() {
+    let upstream = MockUpstream::start().await;
+    script(&upstream);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let app = app(&upstream, runs.clone(), 200).await;
+    let (mut stream, _) = start_launch(&app).await;
+    let tail = rest(&mut stream).await;
+    assert_eq!(
+        tail[0].data["content"],
+        "Error: the user did not approve this tool call within 200 ms, so it was not run."
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn approval_policy_comes_from_the_config() {
+    let upstream = MockUpstream::start().await;
+    script(&upstream);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let tools = ToolRegistry::with_builtins();
+    tools.register(Arc::new(Launch(runs.clone()))).expect("register");
+    let app = TestApp::start_with(
+        &upstream.base_url,
+        |c| {
+            c.tools.approval.insert("launch".into(), Approval::Auto);
+            c.tools.approval.insert("calculator".into(), Approval::Ask);
+        },
+        tools,
+    )
+    .await;
+    let (_, body) = app.get("/api/tools").await;
+    let approval = |name: &str| {
+        body["tools"]
+            .as_array()
+            .expect("tools")
+            .iter()
+            .find(|t| t["name"] == name)
+            .expect("tool")["approval"]
+            .clone()
+    };
+    assert_eq!(
+        (approval("launch"), approval("calculator")),
+        (json!("auto"), json!("ask"))
+    );
+    let events = app.chat(json!({"message": "go"})).await;
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e.data["type"].as_str()).collect();
+    assert_eq!(kinds, ["tool_call", "tool_result", "text"]);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn sources_are_streamed_and_stored() {
+    let upstream = MockUpstream::start().await;
+    upstream.push(mock::tool_reply(&[("c1", "cite", "{}")], 1, 1));
+    upstream.push(mock::tool_reply(&[("c2", "cite", "{}")], 1, 1));
+    upstream.push(mock::text_reply(&["See [S1]."], 1, 1));
+    let app = app(&upstream, Arc::new(AtomicUsize::new(0)), 1000).await;
+    let events = app.chat(json!({"message": "cite"})).await;
+    let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "start",
+            "process_step",
+            "process_step",
+            "sources",
+            "process_step",
+            "process_step",
+            "sources",
+            "process_step",
+            "done"
+        ]
+    );
+    let source = |id: &str, path: &str| json!({"id": id, "title": format!("Title of {path}"), "path": path, "snippet": format!("from {path}")});
+    assert_eq!(
+        events[3].data,
+        json!({"sources": [source("S1", "a.md"), source("S2", "b.md")]})
+    );
+    assert_eq!(
+        events[6].data,
+        json!({"sources": [source("S3", "a.md"), source("S4", "b.md")]})
+    );
+    let row = app
+        .message_row(events[0].data["message_id"].as_str().expect("id"))
+        .await;
+    assert_eq!(
+        row["sources"],
+        json!([
+            source("S1", "a.md"),
+            source("S2", "b.md"),
+            source("S3", "a.md"),
+            source("S4", "b.md")
+        ])
+    );
+}
