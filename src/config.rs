@@ -50,8 +50,63 @@ pub struct Config {
     pub chat: ChatConfig,
     /// Tool execution.
     pub tools: ToolsConfig,
-    /// HTTP limits.
+    /// HTTP limits, CORS, metrics and logs.
     pub http: HttpConfig,
+    /// Access control: `"keys"` (default) or `"none"`. With `"keys"`, every
+    /// route except `/healthz`, `/readyz` and `/metrics` needs
+    /// `Authorization: Bearer <key>` once at least one key is configured; a
+    /// non-loopback `listen` without keys refuses to start. `"none"` turns
+    /// authentication off explicitly.
+    pub auth: AuthMode,
+    /// API keys accepted in `Authorization: Bearer <key>` (`CHATD_API_KEYS`,
+    /// comma-separated). Held only as SHA-256 digests once loaded.
+    pub api_keys: Vec<String>,
+    /// Per-key rate limits and size limits.
+    pub limits: LimitsConfig,
+}
+
+/// Whether requests need an API key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// Require a key when keys are configured (and refuse a public listen
+    /// address without keys).
+    Keys,
+    /// No authentication, even on a public address.
+    None,
+}
+
+/// Per-key limits; they apply when API keys are in use (without
+/// authentication there is no key to count by).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Requests per minute per key, on every limited route; more get 429
+    /// with `Retry-After` (seconds).
+    pub requests_per_minute: u32,
+    /// Replies running at once per key; more get 429.
+    pub concurrent_replies: u32,
+    /// Most messages in one conversation; a new message past it gets 422
+    /// `conversation_too_long`.
+    pub max_conversation_messages: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            requests_per_minute: 600,
+            concurrent_replies: 16,
+            max_conversation_messages: 10_000,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Plain,
+    Json,
 }
 
 /// How chatd talks to the OpenAI-compatible chat-completions API.
@@ -266,6 +321,14 @@ pub struct McpServerConfig {
 pub struct HttpConfig {
     /// Largest accepted request body in bytes; larger bodies get 413.
     pub max_body_bytes: usize,
+    /// Origins allowed by CORS (e.g. `https://chat.example.com`); empty
+    /// allows none. `["*"]` allows any origin.
+    pub cors_origins: Vec<String>,
+    /// Serve `GET /metrics` on this separate address instead of the main one
+    /// (`CHATD_METRICS_LISTEN`).
+    pub metrics_listen: Option<SocketAddr>,
+    /// `plain` (default) or `json` log lines (`CHATD_LOG_FORMAT`).
+    pub log_format: LogFormat,
 }
 
 impl Default for Config {
@@ -279,6 +342,9 @@ impl Default for Config {
             chat: ChatConfig::default(),
             tools: ToolsConfig::default(),
             http: HttpConfig::default(),
+            auth: AuthMode::Keys,
+            api_keys: Vec::new(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -336,6 +402,9 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: 1024 * 1024,
+            cors_origins: Vec::new(),
+            metrics_listen: None,
+            log_format: LogFormat::Plain,
         }
     }
 }
@@ -349,6 +418,9 @@ const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("CHATD_LLM_MODEL", "llm.model"),
     ("CHATD_LLM_IDLE_TIMEOUT_MS", "llm.idle_timeout_ms"),
     ("CHATD_MAX_ITERATIONS", "chat.max_iterations"),
+    ("CHATD_AUTH", "auth"),
+    ("CHATD_METRICS_LISTEN", "http.metrics_listen"),
+    ("CHATD_LOG_FORMAT", "http.log_format"),
 ];
 
 impl Config {
@@ -375,6 +447,14 @@ impl Config {
             && let Some(key) = env("OPENAI_API_KEY")
         {
             config.llm.api_key = key;
+        }
+        if let Some(keys) = env("CHATD_API_KEYS") {
+            config.api_keys = keys
+                .split(',')
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(String::from)
+                .collect();
         }
         for (i, provider) in config.providers.iter_mut().enumerate() {
             provider.resolve_api_key(i, &env)?;
@@ -407,6 +487,19 @@ impl Config {
         let bad = |msg: &str| Err(ConfigError::Invalid(msg.to_string()));
         if self.chat.max_iterations == 0 {
             return bad("chat.max_iterations must be at least 1");
+        }
+        if self.limits.requests_per_minute == 0 || self.limits.concurrent_replies == 0 {
+            return bad("limits.requests_per_minute and limits.concurrent_replies must be at least 1");
+        }
+        if self.api_keys.iter().any(|k| k.len() < 16) {
+            return bad("every API key must be at least 16 characters long");
+        }
+        if self.auth == AuthMode::Keys && self.api_keys.is_empty() && !self.listen.ip().is_loopback() {
+            return Err(ConfigError::Invalid(format!(
+                "listen = {} is not a loopback address and no API key is configured: set CHATD_API_KEYS \
+                 (or api_keys), or say auth = \"none\" (CHATD_AUTH=none) to run without authentication",
+                self.listen
+            )));
         }
         if self.tools.concurrency == 0 {
             return bad("tools.concurrency must be at least 1");

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use chatd::app::{App, AppError};
-use chatd::config::Config;
+use chatd::config::{Config, LogFormat};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -41,10 +41,19 @@ enum Command {
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .init();
     let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("chatd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    match config.http.log_format {
+        LogFormat::Plain => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -52,7 +61,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("chatd: {e}");
@@ -61,8 +70,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
-    let mut config = Config::load(cli.config.as_deref())?;
+async fn run(cli: Cli, mut config: Config) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
         Command::Migrate => {
             chatd::store::Store::open(&config.database_url).await?;
@@ -72,6 +80,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Serve { listen } => {
             if let Some(addr) = listen {
                 config.listen = addr;
+                config.validate()?;
             }
             serve(config).await.map_err(Into::into)
         }
@@ -86,11 +95,26 @@ async fn serve(config: Config) -> Result<(), AppError> {
     let drain = Duration::from_millis(config.chat.drain_timeout_ms);
     let model = config.llm.model.clone();
     let upstream = config.llm.base_url.clone();
+    let metrics_listen = config.http.metrics_listen;
     let app = App::build(config).await?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| AppError::Bind { addr, source })?;
     tracing::info!(%addr, %upstream, model = %model, "chatd listening");
+    if let Some(metrics_addr) = metrics_listen {
+        let metrics_listener = tokio::net::TcpListener::bind(metrics_addr)
+            .await
+            .map_err(|source| AppError::Bind {
+                addr: metrics_addr,
+                source,
+            })?;
+        tracing::info!(addr = %metrics_addr, "metrics listening");
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(metrics_listener, chatd::http::metrics_router()).await {
+                tracing::error!(error = %e, "metrics server failed");
+            }
+        });
+    }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let chat = app.chat.clone();

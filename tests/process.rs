@@ -246,7 +246,10 @@ async fn sigterm_drains_running_replies_and_exits_zero_in_time() {
         }));
     }
     for _ in 0..REPLIES {
-        ready_rx.recv().await.expect("a reply started");
+        tokio::time::timeout(Duration::from_secs(20), ready_rx.recv())
+            .await
+            .expect("every reply starts in time")
+            .expect("a reply started");
     }
     let pid = server.child.id().expect("pid");
     let sent = Instant::now();

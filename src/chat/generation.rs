@@ -63,6 +63,16 @@ impl Stop {
     }
 }
 
+/// The `kind` label of `chatd_upstream_errors_total`.
+fn upstream_kind(e: &LlmError) -> &'static str {
+    match e {
+        LlmError::Unavailable(_) => "unavailable",
+        LlmError::RateLimited { .. } => "rate_limited",
+        LlmError::Timeout { .. } => "timeout",
+        LlmError::Upstream(_) => "upstream_error",
+    }
+}
+
 /// The upstream's own words for unavailable/upstream errors (no prefix).
 fn upstream_text(e: &LlmError) -> String {
     match e {
@@ -87,6 +97,8 @@ pub(super) struct Generation {
     pub route: Route,
     /// The conversation's project (its workspace is where tools work).
     pub project_id: Option<String>,
+    /// Dropped when the reply ends (releases the caller's reply slot).
+    pub guard: Option<Box<dyn std::any::Any + Send + Sync>>,
     pub enabled_tools: Arc<Vec<String>>,
     pub tool_choice: Option<Value>,
     pub suggested_title: Option<String>,
@@ -103,11 +115,17 @@ impl Generation {
             message_id: reply.message_id,
             model: self.settings.model.clone(),
         }));
-        let mut rec = StepRecorder::default();
+        let started = std::time::Instant::now();
+        let active = metrics::gauge!("chatd_replies_active");
+        active.increment(1.0);
+        let mut rec = StepRecorder::started();
         let mut usage = UsageTotals::default();
         let result = self.run_loop(&mut rec, &mut usage).await;
         if let Err(stop) = &result {
             tracing::warn!(message_id = %reply.message_id, reason = ?stop, "reply stopped");
+            if let Stop::Llm(e) = stop {
+                metrics::counter!("chatd_upstream_errors_total", "kind" => upstream_kind(e)).increment(1);
+            }
         }
 
         let interrupted = reply.is_interrupted();
@@ -154,7 +172,22 @@ impl Generation {
                 suggested_title: self.suggested_title.clone(),
             }),
         };
+        let outcome = match &terminal {
+            ChatEvent::Done(d) if d.finish_reason == "cancelled" => "cancelled",
+            ChatEvent::Done(_) => "complete",
+            ChatEvent::Error(e) if e.code == "interrupted" => "interrupted",
+            _ => "error",
+        };
         reply.push(terminal);
+        active.decrement(1.0);
+        metrics::counter!("chatd_replies_total", "outcome" => outcome).increment(1);
+        metrics::histogram!("chatd_reply_duration_seconds").record(started.elapsed().as_secs_f64());
+        let model = self.settings.model.clone();
+        metrics::counter!("chatd_tokens_total", "model" => model.clone(), "direction" => "prompt")
+            .increment(usage.prompt_tokens);
+        metrics::counter!("chatd_tokens_total", "model" => model, "direction" => "completion")
+            .increment(usage.completion_tokens);
+        drop(self.guard);
     }
 
     async fn run_loop(&self, rec: &mut StepRecorder, usage: &mut UsageTotals) -> Result<String, Stop> {
@@ -359,6 +392,9 @@ impl Generation {
     /// Publishes a step and, at most every `chat.flush_interval_ms`, writes
     /// the partial reply to its message row (what a crash can lose).
     fn emit(&self, rec: &mut StepRecorder, event: ChatEvent) {
+        if rec.first_delta_pending() {
+            metrics::histogram!("chatd_time_to_first_token_seconds").record(rec.since_start().as_secs_f64());
+        }
         self.reply.push(event);
         let interval = std::time::Duration::from_millis(self.deps.config.chat.flush_interval_ms);
         if rec.snapshot_due(interval) {

@@ -45,6 +45,9 @@ pub enum ChatError {
     /// No tool call with that id waits for approval in that reply.
     #[error("no tool call {0:?} is waiting for approval in this reply (never asked, already decided, or timed out)")]
     NoPendingApproval(String),
+    /// The conversation has reached `limits.max_conversation_messages`.
+    #[error("the conversation has reached its limit of {limit} messages; start a new conversation")]
+    ConversationTooLong { limit: u32 },
     /// The server is shutting down and takes no new messages.
     #[error("the server is shutting down; send the message again in a moment")]
     ShuttingDown,
@@ -126,8 +129,10 @@ impl ToolChoice {
 }
 
 /// A user's message and how to answer it.
-#[derive(Debug, Clone, Default)]
+#[derive(Default)]
 pub struct ChatInput {
+    /// Held until the reply ends (e.g. the caller's concurrency slot).
+    pub guard: Option<Box<dyn std::any::Any + Send + Sync>>,
     pub message: String,
     /// The project of a new conversation (`^[A-Za-z0-9_-]{1,64}$`); an
     /// existing conversation keeps the one it was created with.
@@ -337,6 +342,7 @@ impl ChatService {
             settings,
             route,
             project_id: conversation.project_id.clone(),
+            guard: input.guard,
             enabled_tools: Arc::new(enabled),
             tool_choice: input.tool_choice.as_ref().map(ToolChoice::to_json),
             suggested_title: if create { conversation.title.clone() } else { None },

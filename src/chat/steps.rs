@@ -42,6 +42,10 @@ pub struct StepRecorder {
     pub sources: Vec<crate::tools::Source>,
     /// When the partial reply was last written to the database.
     last_snapshot: Option<std::time::Instant>,
+    /// When the recorder was made (the reply started).
+    created: Option<std::time::Instant>,
+    /// Whether a thinking or text delta was reported as the first token.
+    first_delta_seen: bool,
 }
 
 impl StepRecorder {
@@ -159,6 +163,29 @@ impl StepRecorder {
             },
         });
         self.stored.len() - 1
+    }
+
+    /// True once: on the first call after the first thinking or text delta
+    /// (for the time-to-first-token metric).
+    pub fn first_delta_pending(&mut self) -> bool {
+        if self.first_delta_seen || (self.content.is_empty() && self.reasoning.is_empty()) {
+            return false;
+        }
+        self.first_delta_seen = true;
+        true
+    }
+
+    /// A recorder whose clock (for [`StepRecorder::since_start`]) starts now.
+    pub fn started() -> Self {
+        Self {
+            created: Some(std::time::Instant::now()),
+            ..Self::default()
+        }
+    }
+
+    /// Time since [`StepRecorder::started`] (zero for a default recorder).
+    pub fn since_start(&self) -> std::time::Duration {
+        self.created.map(|c| c.elapsed()).unwrap_or_default()
     }
 
     /// Whether `interval` has passed since the last snapshot (the first call

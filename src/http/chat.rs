@@ -1,14 +1,15 @@
 //! `POST /api/chat`: validate, start the reply, answer with its event stream.
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::AppState;
+use super::access::{Caller, too_many};
 use super::error::{ApiError, parse_uuid};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::sse::{StreamMode, sse_response};
@@ -55,9 +56,25 @@ pub struct ChatBody {
 }
 
 /// Starts a reply and streams it; see the README's event reference.
-pub async fn post_chat(State(state): State<AppState>, ApiJson(body): ApiJson<ChatBody>) -> Result<Response, ApiError> {
+pub async fn post_chat(
+    State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
+    ApiJson(body): ApiJson<ChatBody>,
+) -> Result<Response, ApiError> {
     let mode = body.stream_mode;
-    let input = body.into_input()?;
+    let mut input = body.into_input()?;
+    let caller = caller
+        .map(|Extension(c)| c)
+        .unwrap_or_else(|| Caller("anonymous".into()));
+    let Some(slot) = state.access.reply_slot(&caller) else {
+        let limit = state.chat.config().limits.concurrent_replies;
+        return Ok(too_many(
+            "too_many_replies",
+            format!("this key already has {limit} replies running; wait for one to finish"),
+            1,
+        ));
+    };
+    input.guard = Some(Box::new(slot));
     let reply = state.chat.start(input).await?;
     Ok(sse_response(&reply, 0, mode, &state.chat.config().chat))
 }
@@ -160,6 +177,7 @@ impl ChatBody {
                 max_tokens,
                 thinking: self.thinking,
             },
+            guard: None,
             tools: parse_tools(self.tools)?,
             tool_choice: self.tool_choice.map(parse_tool_choice).transpose()?,
         })

@@ -70,6 +70,9 @@ impl From<ChatError> for ApiError {
         match e {
             ChatError::Invalid(m) => Self::validation(m),
             ChatError::ConversationNotFound(_) | ChatError::MessageNotFound(_) => Self::not_found(e.to_string()),
+            ChatError::ConversationTooLong { .. } => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "conversation_too_long", e.to_string())
+            }
             ChatError::NoPendingApproval(_) => Self::new(StatusCode::CONFLICT, "not_pending", e.to_string()),
             ChatError::AlreadyEnded { .. } => Self::new(StatusCode::CONFLICT, "reply_finished", e.to_string()),
             ChatError::ShuttingDown => Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", e.to_string()),

@@ -12,11 +12,13 @@
 //!
 //! Unknown routes and methods get the same JSON error shape as everything else.
 
+pub mod access;
 mod chat;
 mod conversations;
 pub mod error;
 mod extract;
 mod health;
+pub mod metrics;
 mod models;
 mod sse;
 
@@ -24,10 +26,15 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{Method, StatusCode, Uri};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware;
 use axum::routing::{get, post};
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+
+use access::Access;
 
 use crate::chat::ChatService;
 use error::ApiError;
@@ -36,12 +43,29 @@ use error::ApiError;
 #[derive(Clone)]
 pub struct AppState {
     pub chat: Arc<ChatService>,
+    pub access: Arc<Access>,
 }
 
-/// Builds the router with every route, the body limit and request tracing.
+/// Builds the router with every route and the layers: request id
+/// (`x-request-id` in and out), tracing, CORS, API keys and rate limits,
+/// request metrics, panic catching and the body limit. `/metrics` is served
+/// here unless `http.metrics_listen` puts it on its own address.
 pub fn router(chat: Arc<ChatService>) -> Router {
-    let max_body = chat.config().http.max_body_bytes;
-    Router::new()
+    let config = chat.config();
+    let max_body = config.http.max_body_bytes;
+    let separate_metrics = config.http.metrics_listen.is_some();
+    let access = Arc::new(Access::new(config));
+    let cors = cors_layer(&config.http.cors_origins);
+    metrics::install();
+    let pruned = access.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            pruned.retain_recent();
+        }
+    });
+
+    let mut router = Router::new()
         .route("/api/chat", post(chat::post_chat))
         .route("/api/chat/{message_id}/events", get(chat::resume))
         .route("/api/chat/{message_id}/cancel", post(chat::cancel))
@@ -60,13 +84,60 @@ pub fn router(chat: Arc<ChatService>) -> Router {
         .route("/api/tools", get(health::tools))
         .route("/api/models", get(models::list))
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
+        .route("/readyz", get(health::readyz));
+    if !separate_metrics {
+        router = router.route("/metrics", get(metrics::render));
+    }
+    let request_id = HeaderName::from_static("x-request-id");
+    router
+        .route_layer(middleware::from_fn(metrics::count_requests))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(TraceLayer::new_for_http())
-        .with_state(AppState { chat })
+        .layer(middleware::from_fn_with_state(access.clone(), access::middleware))
+        .layer(cors)
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
+            let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+            tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
+        }))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(AppState { chat, access })
+}
+
+/// The router for a separate metrics address (`http.metrics_listen`).
+pub fn metrics_router() -> Router {
+    metrics::install();
+    Router::new().route("/metrics", get(metrics::render))
+}
+
+/// CORS for the configured origins: the frontend may POST `/api/chat` with
+/// `Authorization` and read the stream and `x-request-id`.
+fn cors_layer(origins: &[String]) -> CorsLayer {
+    let layer = CorsLayer::new()
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PATCH,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            HeaderName::from_static("last-event-id"),
+        ])
+        .expose_headers([HeaderName::from_static("x-request-id"), header::RETRY_AFTER])
+        .max_age(std::time::Duration::from_secs(600));
+    if origins.iter().any(|o| o == "*") {
+        return layer.allow_origin(AllowOrigin::any());
+    }
+    let list: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok())
+        .collect();
+    layer.allow_origin(AllowOrigin::list(list))
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {

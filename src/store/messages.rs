@@ -267,6 +267,15 @@ impl Store {
         rows.iter().map(MessageRow::from_row).collect()
     }
 
+    /// Number of messages in a conversation.
+    pub async fn message_count(&self, conversation_id: Uuid) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM messages WHERE conversation_id = ?")
+            .bind(conversation_id.to_string())
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     /// One message, or `None`.
     pub async fn message(&self, id: Uuid) -> Result<Option<MessageRow>, StoreError> {
         let row = sqlx::query("SELECT * FROM messages WHERE id = ?")

@@ -107,7 +107,9 @@ impl Writer {
 async fn run(pool: sqlx::SqlitePool, mut rx: mpsc::UnboundedReceiver<Op>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let started = std::time::Instant::now();
         let result = apply(&pool, &batch).await;
+        metrics::histogram!("chatd_db_write_seconds").record(started.elapsed().as_secs_f64());
         if let Err(e) = &result {
             tracing::error!(error = %e, ops = batch.len(), "a database write batch failed");
         }
