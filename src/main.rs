@@ -35,6 +35,12 @@ enum Command {
     },
     /// Create the database if needed, apply migrations and exit.
     Migrate,
+    /// Exit 0 if GET <url> answers 200 within 2 s (a container HEALTHCHECK
+    /// without curl in the image).
+    Healthcheck {
+        #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
+        url: String,
+    },
 }
 
 /// After the drain, how long open connections get to close before exit.
@@ -72,6 +78,16 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli, mut config: Config) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
+        Command::Healthcheck { url } => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+            let status = client.get(&url).send().await?.status();
+            if status.is_success() {
+                Ok(())
+            } else {
+                Err(format!("{url} answered {status}").into())
+            }
+        }
         Command::Migrate => {
             chatd::store::Store::open(&config.database_url).await?;
             println!("database {} is migrated", config.database_url);

@@ -507,6 +507,9 @@ impl Generation {
         rec: &mut StepRecorder,
         messages: &mut Vec<RequestMessage>,
     ) {
+        let outcome_label = if outcome.success { "success" } else { "failure" };
+        metrics::counter!("chatd_tool_calls_total", "tool" => call.function.name.clone(), "outcome" => outcome_label)
+            .increment(1);
         messages.push(RequestMessage::Tool {
             tool_call_id: call.id.clone(),
             content: outcome.content.clone(),

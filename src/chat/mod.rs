@@ -277,6 +277,9 @@ impl ChatService {
             )));
         }
 
+        if let Some(project) = &input.project_id {
+            validate_project_id(project)?;
+        }
         let (conversation, create) = match input.conversation_id {
             Some(id) => {
                 let c = self
@@ -285,6 +288,15 @@ impl ChatService {
                     .conversation(id)
                     .await?
                     .ok_or(ChatError::ConversationNotFound(id))?;
+                if input.project_id.is_some() && input.project_id != c.project_id {
+                    return Err(ChatError::Invalid(
+                        "project_id is set when a conversation is created and cannot change; leave it out".into(),
+                    ));
+                }
+                let limit = config.limits.max_conversation_messages;
+                if self.deps.store.message_count(id).await? + 2 > u64::from(limit) {
+                    return Err(ChatError::ConversationTooLong { limit });
+                }
                 (c, false)
             }
             None => {
