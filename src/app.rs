@@ -32,14 +32,17 @@ pub enum AppError {
 pub struct App {
     pub chat: Arc<ChatService>,
     pub router: axum::Router,
+    /// The MCP servers' connections; dropping it stops them.
+    pub mcp: crate::tools::mcp::McpManager,
 }
 
 impl App {
     /// Opens and migrates the database, marks replies left `streaming` by a
-    /// previous process as `interrupted`, and builds the router with the
-    /// built-in tools.
+    /// previous process as `interrupted`, and builds the router with every
+    /// built-in tool ([`ToolRegistry::standard`]) and the configured MCP
+    /// servers.
     pub async fn build(config: Config) -> Result<Self, AppError> {
-        Self::build_with_tools(config, ToolRegistry::with_builtins()).await
+        Self::build_with_tools(config, ToolRegistry::standard()).await
     }
 
     /// Like [`App::build`] with a caller-supplied tool registry.
@@ -57,7 +60,8 @@ impl App {
         let tools = tools.with_approval(config.tools.approval.clone());
         let chat = Arc::new(ChatService::new(store, providers, Arc::new(tools), Arc::new(config)));
         let router = crate::http::router(chat.clone());
-        Ok(Self { chat, router })
+        let mcp = crate::tools::mcp::start_mcp(&chat.config().mcp_servers, chat.tool_registry().clone()).await;
+        Ok(Self { chat, router, mcp })
     }
 }
 

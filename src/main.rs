@@ -156,6 +156,7 @@ async fn serve(config: Config) -> Result<(), AppError> {
     // The server may finish before the drain does (no connections open).
     let _ = drained.await;
     app.chat.store().writer().flush().await;
+    app.mcp.shutdown().await;
     Ok(())
 }
 

@@ -6,6 +6,7 @@
 //! frames these as SSE.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// One event of a reply.
@@ -23,8 +24,16 @@ use uuid::Uuid;
 ///     r#"{"id":"step-0","index":0,"type":"text","delta":"Hi"}"#
 /// );
 /// ```
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 #[serde(untagged)]
+#[schema(
+    as = SseEvent,
+    description = "The JSON `data:` of one Server-Sent Event of a reply's `text/event-stream`. Every event has \
+        `id:` (its 1-based position in the reply, for `Last-Event-ID`), `event:` (its name) and `data:` (one of \
+        these payloads): `start` (StartEvent, first), any number of `process_step` (StepEvent) and `sources` \
+        (SourcesEvent), then exactly one terminal `done` (DoneEvent) or `error` (ErrorEvent). Keep-alive \
+        comment lines (`:`) come in between."
+)]
 pub enum ChatEvent {
     Start(StartEvent),
     Step(StepEvent),
@@ -65,7 +74,7 @@ impl ChatEvent {
 }
 
 /// `start`: the reply has begun; its rows exist in the database.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct StartEvent {
     pub conversation_id: Uuid,
     pub user_message_id: Uuid,
@@ -78,7 +87,7 @@ pub struct StartEvent {
 /// block share `id` and `index`; every tool call and tool result is a step of
 /// its own. `index` is unique and increases across every round of the loop;
 /// `id` is `"step-{index}"`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct StepEvent {
     pub id: String,
     pub index: u32,
@@ -89,7 +98,7 @@ pub struct StepEvent {
 /// What a step carries. Thinking and text carry either `delta` (the new text,
 /// in events) or `content` (everything so far: stored steps and the
 /// `accumulated` stream mode).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum StepKind {
     Thinking {
@@ -133,13 +142,13 @@ pub enum StepKind {
 
 /// `sources`: documents a tool cited, for the frontend to show as
 /// citations. Ids (`S1`, `S2`, ...) are unique within the reply.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct SourcesEvent {
     pub sources: Vec<crate::tools::Source>,
 }
 
 /// Token counts summed over every round of the reply (OpenAI `usage` shape).
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct UsageTotals {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
@@ -147,7 +156,7 @@ pub struct UsageTotals {
 }
 
 /// `done`: the reply ended normally (or was cancelled) and is stored.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct DoneEvent {
     pub conversation_id: Uuid,
     pub message_id: Uuid,
@@ -161,7 +170,7 @@ pub struct DoneEvent {
 }
 
 /// `error`: the reply failed; what was produced before is stored.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct ErrorEvent {
     /// Stable code: `upstream_unavailable`, `rate_limited`,
     /// `upstream_timeout`, `upstream_error`, `max_iterations`, `interrupted`

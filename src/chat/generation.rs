@@ -510,17 +510,48 @@ impl Generation {
         let outcome_label = if outcome.success { "success" } else { "failure" };
         metrics::counter!("chatd_tool_calls_total", "tool" => call.function.name.clone(), "outcome" => outcome_label)
             .increment(1);
+        let (sources, content) = if outcome.sources.is_empty() {
+            (None, outcome.content)
+        } else {
+            let (event, renamed) = rec.sources(outcome.sources);
+            (Some(event), renumber_citations(&outcome.content, &renamed))
+        };
         messages.push(RequestMessage::Tool {
             tool_call_id: call.id.clone(),
-            content: outcome.content.clone(),
+            content: content.clone(),
         });
-        let event = rec.tool_result(call, outcome.content, outcome.success, outcome.duration_ms);
+        let event = rec.tool_result(call, content, outcome.success, outcome.duration_ms);
         self.emit(rec, event);
-        if !outcome.sources.is_empty() {
-            let event = rec.sources(outcome.sources);
+        if let Some(event) = sources {
             self.emit(rec, event);
         }
     }
+}
+
+/// Rewrites `[S<n>]` citations in a tool's text to the reply-wide source
+/// ids, in one pass (so `S1 -> S3` and `S3 -> S5` do not chain).
+fn renumber_citations(text: &str, renamed: &[(String, String)]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("[S") {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at + 1..];
+        let digits = tail[1..].bytes().take_while(u8::is_ascii_digit).count();
+        let id = &tail[..1 + digits];
+        match renamed.iter().find(|(old, _)| old == id) {
+            Some((_, new)) if digits > 0 && tail[1 + digits..].starts_with(']') => {
+                out.push('[');
+                out.push_str(new);
+                rest = &tail[1 + digits..];
+            }
+            _ => {
+                out.push_str("[S");
+                rest = &tail[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The outcome of a call that was not run.
@@ -555,4 +586,22 @@ fn round_blocks(rec: &StepRecorder, round: u32, thinking: bool) -> Option<String
         })
         .collect();
     (!text.is_empty()).then_some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::renumber_citations;
+
+    #[test]
+    fn citations_follow_the_reply_wide_ids() {
+        let renamed = [
+            ("S1".to_string(), "S3".to_string()),
+            ("S3".to_string(), "S5".to_string()),
+        ];
+        assert_eq!(
+            renumber_citations("[S1] a\n[S3] b [S2] [S", &renamed),
+            "[S3] a\n[S5] b [S2] [S"
+        );
+        assert_eq!(renumber_citations("[S1x] [S]", &renamed), "[S1x] [S]");
+    }
 }

@@ -9,7 +9,7 @@ use crate::llm::ToolCall;
 /// A step as stored in `messages.steps`: thinking and text steps carry their
 /// full `content`; `round` is the 0-based model round it belongs to, used to
 /// rebuild the history sent upstream.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct StoredStep {
     pub round: u32,
     #[serde(flatten)]
@@ -122,16 +122,24 @@ impl StepRecorder {
 
     /// Sources a tool cited: numbered `S1`, `S2`, ... across the reply and
     /// kept for the stored message; returns the `sources` event.
-    pub fn sources(&mut self, found: Vec<crate::tools::Source>) -> ChatEvent {
+    ///
+    /// Returns the event and the `(old id, new id)` pairs, so the tool's text
+    /// can be made to cite the same ids.
+    pub fn sources(&mut self, found: Vec<crate::tools::Source>) -> (ChatEvent, Vec<(String, String)>) {
+        let mut renamed = Vec::new();
         let numbered: Vec<crate::tools::Source> = found
             .into_iter()
             .map(|mut s| {
-                s.id = format!("S{}", self.sources.len() + 1);
+                let new_id = format!("S{}", self.sources.len() + 1);
+                renamed.push((std::mem::replace(&mut s.id, new_id), s.id.clone()));
                 self.sources.push(s.clone());
                 s
             })
             .collect();
-        ChatEvent::Sources(super::events::SourcesEvent { sources: numbered })
+        (
+            ChatEvent::Sources(super::events::SourcesEvent { sources: numbered }),
+            renamed,
+        )
     }
 
     /// A tool result; returns its event.

@@ -1,4 +1,5 @@
-//! Access control for every route but `/healthz`, `/readyz` and `/metrics`:
+//! Access control for every route but `/healthz`, `/readyz`, `/metrics` and
+//! `/api/openapi.json`:
 //! API keys (`Authorization: Bearer <key>`, compared as SHA-256 digests in
 //! constant time) and per-key limits (requests per minute, replies running
 //! at once), enforced with the `governor` crate and a semaphore per key.
@@ -103,7 +104,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Routes that stay open without a key and are not rate limited.
 fn is_open(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz" | "/metrics")
+    matches!(path, "/healthz" | "/readyz" | "/metrics" | "/api/openapi.json")
 }
 
 /// The middleware: 401 `unauthorized` without a valid key, 429

@@ -10,16 +10,19 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::access::{Caller, too_many};
-use super::error::{ApiError, parse_uuid};
+use super::error::{ApiError, ErrorBody, parse_uuid};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::openapi::{ApproveResponse, CancelResponse, ToolChoiceSchema, ToolsSchema};
 use super::sse::{StreamMode, sse_response};
+use crate::chat::events::ChatEvent;
 use crate::chat::{ChatInput, SettingsInput, ToolChoice, ToolSelection};
 
 /// Request body of `POST /api/chat`. Unknown fields are rejected (400).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChatBody {
     /// The user's message; not blank, at most `chat.max_message_chars`.
+    #[schema(min_length = 1)]
     pub message: String,
     /// Absent: create a conversation (storing the settings below on it).
     #[serde(default)]
@@ -27,6 +30,7 @@ pub struct ChatBody {
     /// The project of a new conversation; its workspace is where the
     /// workspace tools work.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub project_id: Option<String>,
     #[serde(default)]
     pub model: Option<String>,
@@ -37,25 +41,61 @@ pub struct ChatBody {
     pub system_prompt: Option<String>,
     /// 0..=2.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f64>,
     /// At least 1.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 4294967295_i64)]
     pub max_tokens: Option<i64>,
     #[serde(default)]
     pub thinking: Option<bool>,
     /// `true` (default: every tool), `false`, or a list of tool names.
     #[serde(default)]
+    #[schema(value_type = Option<ToolsSchema>)]
     pub tools: Option<Value>,
     /// `"auto"`, `"none"`, `"required"` or
     /// `{"type":"function","function":{"name":"..."}}` (OpenAI `tool_choice`).
     #[serde(default)]
+    #[schema(value_type = Option<ToolChoiceSchema>)]
     pub tool_choice: Option<Value>,
     /// `"delta"` (default) or `"accumulated"`.
     #[serde(default)]
+    #[schema(value_type = Option<StreamMode>)]
     pub stream_mode: StreamMode,
 }
 
 /// Starts a reply and streams it; see the README's event reference.
+#[utoipa::path(
+    post,
+    path = "/api/chat",
+    operation_id = "post_chat",
+    tag = "chat",
+    summary = "Send a message and stream the reply",
+    description = "Stores the user's message (creating a conversation when `conversation_id` is absent), starts \
+        the reply and answers with its events as `text/event-stream`. Each event's `data:` is one of the \
+        `SseEvent` payloads; its `event:` line names it and its `id:` line counts 1, 2, 3, ... within the \
+        reply. Errors found before the stream starts are JSON error bodies; errors during the reply are a \
+        terminal `error` event in a 200 stream.",
+    request_body = ChatBody,
+    responses(
+        (status = 200, description = "The reply's events: `start`, `process_step`/`sources`, then `done` or \
+            `error`", content_type = "text/event-stream", body = ChatEvent),
+        (status = 400, description = "`invalid_json` or `invalid_request`: malformed JSON, wrong types, unknown \
+            fields, bad `tools`/`tool_choice`/`stream_mode`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no valid API key", body = ErrorBody),
+        (status = 404, description = "`not_found`: unknown `conversation_id`", body = ErrorBody),
+        (status = 409, description = "`conversation_busy`: the conversation already has a reply running",
+            body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: body over `http.max_body_bytes`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not sent as `application/json`", body = ErrorBody),
+        (status = 422, description = "`validation_failed` (blank or too-long message, value out of range, \
+            unknown tool or provider, no model) or `conversation_too_long`", body = ErrorBody),
+        (status = 429, description = "`rate_limited` or `too_many_replies`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 500, description = "`internal`: a database failure", body = ErrorBody),
+        (status = 503, description = "`shutting_down`: the server is draining", body = ErrorBody),
+    )
+)]
 pub async fn post_chat(
     State(state): State<AppState>,
     caller: Option<Extension<Caller>>,
@@ -80,19 +120,49 @@ pub async fn post_chat(
 }
 
 /// Query of `GET /api/chat/{message_id}/events`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ResumeQuery {
     /// Replay the events after this id (the `Last-Event-ID` header wins).
     #[serde(default)]
+    #[param(value_type = u64)]
     after: Option<u64>,
+    /// `delta` (default) or `accumulated`.
     #[serde(default)]
+    #[param(value_type = StreamMode)]
     stream_mode: StreamMode,
 }
 
 /// `GET /api/chat/{message_id}/events`: the reply's events after the one
 /// named by `Last-Event-ID` (or `?after=N`), with their original ids, then
 /// live until the terminal event.
+#[utoipa::path(
+    get,
+    path = "/api/chat/{message_id}/events",
+    operation_id = "resume_chat",
+    tag = "chat",
+    summary = "Resume a reply's event stream",
+    description = "Replays the reply's events after the one named by `Last-Event-ID` (or `?after=N`; the \
+        header wins), with their original ids, then follows the reply live until its terminal event.",
+    params(
+        ("message_id" = Uuid, Path, description = "The assistant message (the `message_id` of `start`)"),
+        ("Last-Event-ID" = Option<u64>, Header, nullable = false,
+            description = "The id of the last event received; wins over `after`"),
+        ResumeQuery,
+    ),
+    responses(
+        (status = 200, description = "The reply's events after the given id", content_type = "text/event-stream",
+            body = ChatEvent),
+        (status = 400, description = "`invalid_id` (not a UUID) or `invalid_request` (bad query or \
+            `Last-Event-ID`)", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no valid API key", body = ErrorBody),
+        (status = 404, description = "`not_found`: no assistant message has that id", body = ErrorBody),
+        (status = 429, description = "`rate_limited`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 500, description = "`internal`: a database failure", body = ErrorBody),
+    )
+)]
 pub async fn resume(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -118,7 +188,7 @@ pub async fn resume(
 }
 
 /// Body of `POST /api/chat/{message_id}/approve`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApproveBody {
     /// The `id_ref` of the `tool_approval` step.
@@ -132,6 +202,29 @@ pub struct ApproveBody {
 /// `POST /api/chat/{message_id}/approve`: 200 `{"message_id","tool_call_id","approved"}`;
 /// 404 when no running reply has that id; 409 `not_pending` when that call
 /// is not waiting for approval.
+#[utoipa::path(
+    post,
+    path = "/api/chat/{message_id}/approve",
+    operation_id = "approve_tool_call",
+    tag = "chat",
+    summary = "Approve or decline a tool call",
+    description = "Lets the tool call named by a `tool_approval` step run, or declines it (the model is told, \
+        with the reason).",
+    params(("message_id" = Uuid, Path, description = "The running reply's assistant message")),
+    request_body = ApproveBody,
+    responses(
+        (status = 200, description = "The decision was delivered", body = ApproveResponse),
+        (status = 400, description = "`invalid_id`, `invalid_json` or `invalid_request`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no valid API key", body = ErrorBody),
+        (status = 404, description = "`not_found`: no running reply has that id", body = ErrorBody),
+        (status = 409, description = "`not_pending`: that call is not waiting for approval", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: body over `http.max_body_bytes`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not sent as `application/json`", body = ErrorBody),
+        (status = 429, description = "`rate_limited`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 500, description = "`internal`", body = ErrorBody),
+    )
+)]
 pub async fn approve(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -149,6 +242,26 @@ pub async fn approve(
 /// `POST /api/chat/{message_id}/cancel`: 200 `{"message_id","status":"cancelled"}`
 /// once the reply is stored as cancelled (also when it already was); 404 for
 /// an unknown message; 409 `reply_finished` for a reply that ended otherwise.
+#[utoipa::path(
+    post,
+    path = "/api/chat/{message_id}/cancel",
+    operation_id = "cancel_reply",
+    tag = "chat",
+    summary = "Cancel a reply",
+    description = "Stops the reply (dropping the upstream request and running tools) and answers once it is \
+        stored as `cancelled`; also 200 when it already was.",
+    params(("message_id" = Uuid, Path, description = "The reply's assistant message")),
+    responses(
+        (status = 200, description = "The reply is stored as cancelled", body = CancelResponse),
+        (status = 400, description = "`invalid_id`: not a UUID", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no valid API key", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such message", body = ErrorBody),
+        (status = 409, description = "`reply_finished`: the reply ended otherwise", body = ErrorBody),
+        (status = 429, description = "`rate_limited`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 500, description = "`internal`: a database failure", body = ErrorBody),
+    )
+)]
 pub async fn cancel(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<Json<Value>, ApiError> {
     let message_id = parse_uuid("message id", &id)?;
     state.chat.cancel(message_id).await?;

@@ -8,25 +8,51 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::error::{ApiError, parse_uuid};
+use super::error::{ApiError, ErrorBody, parse_uuid};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::openapi::{ConversationList, MessageList};
 use crate::chat::{SettingsInput, validate_settings};
-use crate::store::{ConversationPatch, NewConversation};
+use crate::store::{Conversation, ConversationPatch, NewConversation};
 
 /// Query of `GET /api/conversations`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// 1..=200, default 50.
     #[serde(default)]
+    #[param(value_type = i64, minimum = 1, maximum = 200)]
     limit: Option<i64>,
     /// A conversation id from the previous page's `next_before`.
     #[serde(default)]
+    #[param(value_type = uuid::Uuid)]
     before: Option<String>,
 }
 
 /// `GET /api/conversations`: `{"conversations": [...], "next_before": id|null}`,
 /// most recently updated first.
+#[utoipa::path(
+    get,
+    path = "/api/conversations",
+    operation_id = "list_conversations",
+    tag = "conversations",
+    summary = "List conversations",
+    description = "Most recently updated first, a page at a time: pass the previous page's `next_before` as \
+        `before`.",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "One page of conversations", body = ConversationList),
+        (status = 400, description = "`invalid_request` (bad query) or `invalid_id` (`before` is not a UUID)",
+            body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no valid API key", body = ErrorBody),
+        (status = 404, description = "`not_found`: the conversation named by `before` does not exist",
+            body = ErrorBody),
+        (status = 422, description = "`validation_failed`: `limit` out of range", body = ErrorBody),
+        (status = 429, description = "`rate_limited`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 500, description = "`internal`: a database failure", body = ErrorBody),
+    )
+)]
 pub async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Json<Value>, ApiError> {
     let limit = q.limit.unwrap_or(50);
     let limit = u32::try_from(limit)
@@ -47,7 +73,7 @@ pub async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<ListQuery
 }
 
 /// Body of `POST /api/conversations`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBody {
     #[serde(default)]
@@ -59,18 +85,43 @@ pub struct CreateBody {
     provider: Option<String>,
     /// The project whose workspace the tools work in (set once, here).
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     project_id: Option<String>,
     #[serde(default)]
     system_prompt: Option<String>,
+    /// 0..=2.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 2)]
     temperature: Option<f64>,
+    /// At least 1.
     #[serde(default)]
+    #[schema(minimum = 1)]
     max_tokens: Option<u32>,
     #[serde(default)]
     thinking: Option<bool>,
 }
 
 /// `POST /api/conversations`: 201 with the new conversation.
+#[utoipa::path(
+    post,
+    path = "/api/conversations",
+    operation_id = "create_conversation",
+    tag = "conversations",
+    summary = "Create a conversation",
+    request_body = CreateBody,
+    responses(
+        (status = 201, description = "The new conversation", body = Conversation),
+        (status = 400, description = "`invalid_json` or `invalid_request`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no valid API key", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: body over `http.max_body_bytes`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not sent as `application/json`", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: a value out of range, a blank model or provider, a \
+            bad `project_id`", body = ErrorBody),
+        (status = 429, description = "`rate_limited`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 500, description = "`internal`: a database failure", body = ErrorBody),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreateBody>,
@@ -104,6 +155,23 @@ pub async fn create(
 }
 
 /// `GET /api/conversations/{id}`.
+#[utoipa::path(
+    get,
+    path = "/api/conversations/{id}",
+    operation_id = "get_conversation",
+    tag = "conversations",
+    summary = "Read a conversation",
+    params(("id" = uuid::Uuid, Path, description = "Conversation id")),
+    responses(
+        (status = 200, description = "The conversation", body = Conversation),
+        (status = 400, description = "`invalid_id`: not a UUID", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no valid API key", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such conversation", body = ErrorBody),
+        (status = 429, description = "`rate_limited`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 500, description = "`internal`: a database failure", body = ErrorBody),
+    )
+)]
 pub async fn get_one(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -115,22 +183,31 @@ pub async fn get_one(
 
 /// Body of `PATCH /api/conversations/{id}`: a field that is present sets the
 /// value; `null` clears it.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchBody {
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
     title: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
     model: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
     provider: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
     system_prompt: Option<Option<String>>,
+    /// 0..=2.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<f64>, minimum = 0, maximum = 2)]
     temperature: Option<Option<f64>>,
+    /// At least 1.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u32>, minimum = 1)]
     max_tokens: Option<Option<u32>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<bool>)]
     thinking: Option<Option<bool>>,
 }
 
@@ -144,6 +221,29 @@ where
 }
 
 /// `PATCH /api/conversations/{id}`: the updated conversation.
+#[utoipa::path(
+    patch,
+    path = "/api/conversations/{id}",
+    operation_id = "update_conversation",
+    tag = "conversations",
+    summary = "Change a conversation's title or settings",
+    description = "A field that is present sets the value; `null` clears it; an absent field is left alone.",
+    params(("id" = uuid::Uuid, Path, description = "Conversation id")),
+    request_body = PatchBody,
+    responses(
+        (status = 200, description = "The updated conversation", body = Conversation),
+        (status = 400, description = "`invalid_id`, `invalid_json` or `invalid_request`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no valid API key", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such conversation", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: body over `http.max_body_bytes`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not sent as `application/json`", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: a value out of range, a blank model or provider",
+            body = ErrorBody),
+        (status = 429, description = "`rate_limited`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 500, description = "`internal`: a database failure", body = ErrorBody),
+    )
+)]
 pub async fn patch(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -177,6 +277,23 @@ pub async fn patch(
 }
 
 /// `DELETE /api/conversations/{id}`: 204; its messages are deleted too.
+#[utoipa::path(
+    delete,
+    path = "/api/conversations/{id}",
+    operation_id = "delete_conversation",
+    tag = "conversations",
+    summary = "Delete a conversation and its messages",
+    params(("id" = uuid::Uuid, Path, description = "Conversation id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "`invalid_id`: not a UUID", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no valid API key", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such conversation", body = ErrorBody),
+        (status = 429, description = "`rate_limited`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 500, description = "`internal`: a database failure", body = ErrorBody),
+    )
+)]
 pub async fn delete(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<StatusCode, ApiError> {
     let id = parse_uuid("conversation id", &id)?;
     if state.chat.store().delete_conversation(id).await? {
@@ -187,6 +304,23 @@ pub async fn delete(State(state): State<AppState>, ApiPath(id): ApiPath<String>)
 }
 
 /// `GET /api/conversations/{id}/messages`: `{"messages": [...]}`, oldest first.
+#[utoipa::path(
+    get,
+    path = "/api/conversations/{id}/messages",
+    operation_id = "list_messages",
+    tag = "conversations",
+    summary = "List a conversation's messages, oldest first",
+    params(("id" = uuid::Uuid, Path, description = "Conversation id")),
+    responses(
+        (status = 200, description = "Every message of the conversation", body = MessageList),
+        (status = 400, description = "`invalid_id`: not a UUID", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no valid API key", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such conversation", body = ErrorBody),
+        (status = 429, description = "`rate_limited`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 500, description = "`internal`: a database failure", body = ErrorBody),
+    )
+)]
 pub async fn messages(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<Json<Value>, ApiError> {
     let id = parse_uuid("conversation id", &id)?;
     let store = state.chat.store();

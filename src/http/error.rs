@@ -23,6 +23,26 @@ pub struct ApiError {
     pub message: String,
 }
 
+/// The body of every error response (schema only: [`ApiError`] writes it).
+#[derive(Debug, Clone, PartialEq, utoipa::ToSchema)]
+#[schema(example = json!({"error": {"code": "validation_failed", "message": "temperature must be between 0 and 2, got 3"}}))]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong: a stable `code` and a message saying what to fix.
+#[derive(Debug, Clone, PartialEq, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `invalid_json`, `invalid_request`, `invalid_id`, `unauthorized`,
+    /// `not_found`, `method_not_allowed`, `conversation_busy`, `not_pending`, `reply_finished`,
+    /// `payload_too_large`, `unsupported_media_type`, `validation_failed`, `conversation_too_long`,
+    /// `rate_limited`, `too_many_replies`, `internal`, `shutting_down`, `not_ready`. On a stored message:
+    /// the code of its `error` event.
+    pub code: String,
+    /// What went wrong and what to fix.
+    pub message: String,
+}
+
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {

@@ -51,6 +51,17 @@ pub fn install() -> Option<PrometheusHandle> {
 }
 
 /// `GET /metrics`: Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "health",
+    summary = "Prometheus metrics",
+    description = "Served here unless `http.metrics_listen` puts it on its own address.",
+    security(),
+    responses((status = 200, description = "Prometheus text exposition format", body = String,
+        content_type = "text/plain; version=0.0.4"))
+)]
 pub async fn render() -> Response {
     let body = HANDLE
         .get()

@@ -9,6 +9,7 @@
 //!   `GET /api/conversations/{id}/messages`
 //! - `GET /api/tools`, `GET /api/models`
 //! - `GET /healthz`, `GET /readyz`
+//! - `GET /api/openapi.json` — the OpenAPI 3.1 document of all of these
 //!
 //! Unknown routes and methods get the same JSON error shape as everything else.
 
@@ -20,6 +21,7 @@ mod extract;
 mod health;
 pub mod metrics;
 mod models;
+pub mod openapi;
 mod sse;
 
 use std::sync::Arc;
@@ -84,7 +86,8 @@ pub fn router(chat: Arc<ChatService>) -> Router {
         .route("/api/tools", get(health::tools))
         .route("/api/models", get(models::list))
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz));
+        .route("/readyz", get(health::readyz))
+        .route("/api/openapi.json", get(openapi::openapi_json));
     if !separate_metrics {
         router = router.route("/metrics", get(metrics::render));
     }

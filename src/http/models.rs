@@ -5,6 +5,8 @@ use axum::extract::State;
 use serde_json::{Value, json};
 
 use super::AppState;
+use super::error::ErrorBody;
+use super::openapi::ModelList;
 
 /// `GET /api/models`:
 ///
@@ -20,6 +22,22 @@ use super::AppState;
 /// 2 s each; a provider that did not answer in time, or answered with an
 /// error, has `reachable: false`, the reason in `error`, and only its
 /// configured models. `base_url` never shows credentials. Always 200.
+#[utoipa::path(
+    get,
+    path = "/api/models",
+    operation_id = "list_models",
+    tag = "models",
+    summary = "List every provider's models",
+    description = "Each provider's configured models, then the ids its `GET /models` returned (2 s limit), \
+        without duplicates; `providers` says which providers answered.",
+    responses(
+        (status = 200, description = "Models and providers", body = ModelList),
+        (status = 401, description = "`unauthorized`: no valid API key", body = ErrorBody),
+        (status = 429, description = "`rate_limited`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 500, description = "`internal`", body = ErrorBody),
+    )
+)]
 pub async fn list(State(state): State<AppState>) -> Json<Value> {
     let listed = state.chat.providers().list_models().await;
     let models: Vec<Value> = listed

@@ -20,8 +20,10 @@ use crate::chat::events::{ChatEvent, StepKind};
 use crate::chat::log::Reply;
 use crate::config::ChatConfig;
 
-/// How thinking and text steps carry their text.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// How thinking and text steps carry their text: `delta` (default) or
+/// `accumulated`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
 pub enum StreamMode {
     /// `delta`: only the new text.
     #[default]

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::{Store, StoreError, now_ms, parse_id};
 
 /// A stored conversation and its per-conversation settings.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Conversation {
     /// UUIDv7.
     pub id: Uuid,
@@ -33,9 +33,11 @@ pub struct Conversation {
     pub thinking: Option<bool>,
     /// Creation time, Unix epoch ms (RFC 3339 in JSON).
     #[serde(serialize_with = "super::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
     /// Last change (including a new message), Unix epoch ms (RFC 3339 in JSON).
     #[serde(serialize_with = "super::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: i64,
 }
 

@@ -11,7 +11,7 @@ use super::conversations::{self, Conversation};
 use super::{Store, StoreError, now_ms, parse_id, parse_json, usage};
 
 /// Who wrote a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     User,
@@ -19,8 +19,9 @@ pub enum Role {
 }
 
 /// Lifecycle of a stored message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(as = MessageStatus)]
 pub enum Status {
     /// Written in full.
     Complete,
@@ -74,7 +75,8 @@ impl Status {
 }
 
 /// A stored message as the API returns it. JSON columns are passed through.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Message)]
 pub struct MessageRow {
     pub id: Uuid,
     pub conversation_id: Uuid,
@@ -84,25 +86,32 @@ pub struct MessageRow {
     /// The reply's reasoning ("thinking") text, if any.
     pub reasoning: Option<String>,
     /// The reply's steps in order (see the chat module's `StoredStep`).
+    #[schema(value_type = Vec<crate::chat::steps::StoredStep>)]
     pub steps: Value,
     /// The reply's tool calls, OpenAI `tool_calls` shape.
+    #[schema(value_type = Option<Vec<crate::http::openapi::StoredToolCall>>)]
     pub tool_calls: Option<Value>,
     /// `{prompt_tokens, completion_tokens, total_tokens}` summed over rounds.
+    #[schema(value_type = Option<crate::chat::events::UsageTotals>)]
     pub usage: Option<Value>,
     /// Documents the reply cited: `[{id, title, path, snippet}]`.
+    #[schema(value_type = Option<Vec<crate::tools::Source>>)]
     pub sources: Option<Value>,
     pub status: Status,
     /// Upstream finish_reason of the last round, or `cancelled`.
     pub finish_reason: Option<String>,
     /// `{code, message}` when status is `error`.
+    #[schema(value_type = Option<crate::http::error::ErrorDetail>)]
     pub error: Option<Value>,
     /// Model that produced the reply.
     pub model: Option<String>,
     /// Unix epoch ms (RFC 3339 in JSON).
     #[serde(serialize_with = "super::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
     /// Unix epoch ms (RFC 3339 in JSON).
     #[serde(serialize_with = "super::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: i64,
 }
 

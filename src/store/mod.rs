@@ -1,11 +1,12 @@
-//! SQLite persistence through sqlx: conversations, messages and the
-//! token-usage ledger.
+//! SQLite persistence through sqlx: conversations, messages, the
+//! token-usage ledger and the full-text index of project workspaces.
 //!
 //! The schema lives in `migrations/` and is embedded into the binary with
 //! `sqlx::migrate!`, so a fresh database file is created and migrated at start.
 //! Ids are UUIDv7 strings, timestamps Unix epoch milliseconds (UTC).
 
 mod conversations;
+mod documents;
 mod messages;
 mod usage;
 mod writer;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 pub use conversations::{Conversation, ConversationPatch, NewConversation};
+pub use documents::{DocumentHit, FileStamp, IndexedFile};
 pub use messages::{FinalReply, MessageRow, NewTurn, Role, Status};
 pub use usage::UsageRow;
 pub use writer::Writer;

@@ -4,7 +4,7 @@
 //! thus cost one SQLite write transaction at a time, never a "database is
 //! locked", and never one transaction per token.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -133,22 +133,30 @@ async fn apply(pool: &sqlx::SqlitePool, batch: &[Op]) -> Result<(), StoreError> 
     }
     let now = now_ms();
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    for op in batch {
-        match op {
+    // Every event of the batch first, a chunk of rows per statement. Moving
+    // them ahead of the updates below changes nothing in the committed
+    // state: they go to another table, and the messages they reference were
+    // committed before their replies started.
+    let events: Vec<EventRow<'_>> = batch
+        .iter()
+        .filter_map(|op| match op {
             Op::Event {
                 message_id,
                 seq,
                 name,
                 data,
-            } => {
-                sqlx::query("INSERT OR IGNORE INTO reply_events (message_id, seq, event, data) VALUES (?, ?, ?, ?)")
-                    .bind(message_id.to_string())
-                    .bind(i64::try_from(*seq).unwrap_or(i64::MAX))
-                    .bind(*name)
-                    .bind(&**data)
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            } => Some(EventRow {
+                message_id,
+                seq: *seq,
+                name,
+                data,
+            }),
+            _ => None,
+        })
+        .collect();
+    insert_events(&mut tx, &events).await?;
+    for op in batch {
+        match op {
             Op::Snapshot {
                 message_id,
                 content,
@@ -175,9 +183,117 @@ async fn apply(pool: &sqlx::SqlitePool, batch: &[Op]) -> Result<(), StoreError> 
             } => {
                 super::messages::write_final(&mut tx, *message_id, model, reply, now).await?;
             }
-            Op::Flush(_) => {}
+            Op::Event { .. } | Op::Flush(_) => {}
         }
     }
     tx.commit().await?;
     Ok(())
+}
+
+/// One `reply_events` row, borrowed from its queued op.
+struct EventRow<'a> {
+    message_id: &'a Uuid,
+    seq: u64,
+    name: &'static str,
+    data: &'a str,
+}
+
+/// Rows per multi-row `INSERT` of reply events. Each statement is one round
+/// trip to the connection's SQLite thread, so a chunk of rows costs about
+/// what one row did; before, every event (every token) was a statement of its
+/// own. Powers of two: a batch of any size uses few distinct statements,
+/// which stay prepared in the connection's cache.
+const EVENT_CHUNKS: [usize; 9] = [256, 128, 64, 32, 16, 8, 4, 2, 1];
+
+/// `INSERT OR IGNORE ... VALUES (?, ?, ?, ?), ...` with `rows` rows (one of
+/// [`EVENT_CHUNKS`]).
+fn insert_events_sql(rows: usize) -> &'static str {
+    static SQL: OnceLock<Vec<String>> = OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        EVENT_CHUNKS
+            .iter()
+            .map(|&n| {
+                let mut sql = String::from("INSERT OR IGNORE INTO reply_events (message_id, seq, event, data) VALUES ");
+                for i in 0..n {
+                    sql.push_str(if i == 0 { "(?, ?, ?, ?)" } else { ", (?, ?, ?, ?)" });
+                }
+                sql
+            })
+            .collect()
+    });
+    let i = EVENT_CHUNKS
+        .iter()
+        .position(|&n| n == rows)
+        .unwrap_or(EVENT_CHUNKS.len() - 1);
+    &all[i]
+}
+
+async fn insert_events(tx: &mut sqlx::SqliteConnection, events: &[EventRow<'_>]) -> Result<(), StoreError> {
+    let mut rest = events;
+    while !rest.is_empty() {
+        let rows = EVENT_CHUNKS.iter().copied().find(|&n| n <= rest.len()).unwrap_or(1);
+        let (chunk, tail) = rest.split_at(rows);
+        let mut query = sqlx::query(insert_events_sql(rows));
+        for row in chunk {
+            query = query
+                .bind(row.message_id.to_string())
+                .bind(i64::try_from(row.seq).unwrap_or(i64::MAX))
+                .bind(row.name)
+                .bind(row.data);
+        }
+        query.execute(&mut *tx).await?;
+        rest = tail;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{NewConversation, NewTurn, Store};
+
+    #[tokio::test]
+    async fn events_are_stored_in_multi_row_chunks_with_the_updates_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("w.db").display());
+        let store = Store::open(&url).await.expect("open");
+        let turn = NewTurn {
+            conversation: NewConversation::default().into_conversation(),
+            create: true,
+            user_message_id: Uuid::now_v7(),
+            user_content: "hi".into(),
+            assistant_message_id: Uuid::now_v7(),
+            model: "m".into(),
+        };
+        assert!(store.begin_turn(&turn).await.expect("begin"));
+        let id = turn.assistant_message_id;
+        let writer = store.writer();
+        // 1000 events (every chunk size used), snapshots in between, one
+        // event queued twice.
+        for seq in 1..=1000u64 {
+            writer.event(id, seq, "process_step", Arc::from(format!("{{\"n\":{seq}}}")));
+            if seq % 300 == 0 {
+                writer.snapshot(id, format!("text {seq}"), None, "[]".into());
+            }
+        }
+        writer.event(id, 5, "process_step", Arc::from("duplicate"));
+        writer.flush().await;
+
+        let events = store.reply_events(id).await.expect("events");
+        assert_eq!(events.len(), 1000);
+        for (i, (seq, name, data)) in events.iter().enumerate() {
+            assert_eq!(*seq, i as u64 + 1);
+            assert_eq!(name, "process_step");
+            assert_eq!(data, &format!("{{\"n\":{seq}}}"));
+        }
+        let row = store.message(id).await.expect("load").expect("row");
+        assert_eq!(row.content, "text 900", "the last snapshot wins");
+    }
+
+    #[test]
+    fn chunk_statements_have_their_row_counts() {
+        for n in EVENT_CHUNKS {
+            assert_eq!(insert_events_sql(n).matches("(?, ?, ?, ?)").count(), n);
+        }
+    }
 }

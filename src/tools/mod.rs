@@ -6,7 +6,16 @@
 
 mod calculator;
 mod current_time;
+pub mod documents;
 pub mod executor;
+mod fetch_url;
+pub mod list_files;
+pub mod mcp;
+pub mod read_file;
+pub mod search_documents;
+pub mod search_files;
+pub mod workspace;
+pub mod write_file;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,6 +26,7 @@ use serde_json::Value;
 
 pub use calculator::Calculator;
 pub use current_time::CurrentTime;
+pub use fetch_url::FetchUrl;
 
 /// Why a tool call failed. The text is shown to the model as the tool result,
 /// so it says what to do differently.
@@ -40,7 +50,7 @@ pub enum RegistryError {
 }
 
 /// Whether a call runs right away or waits for the user's approval.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Approval {
     /// Runs without asking (tools without side effects).
@@ -84,7 +94,7 @@ impl ToolContext {
 
 /// A document a tool used, shown to the user as a citation (the `sources`
 /// event).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Source {
     /// Stable within the reply, e.g. `"S1"`.
     pub id: String,
@@ -145,6 +155,20 @@ pub trait Tool: Send + Sync + 'static {
     fn call(&self, ctx: ToolContext, arguments: Value) -> BoxFuture<'static, Result<ToolOutput, ToolError>>;
 }
 
+/// The workspace tools, for registration next to the built-ins: `list_files`,
+/// `read_file`, `write_file` (asks for approval by default), `search_files`
+/// and `search_documents`. They work in the conversation's project workspace
+/// ([`ToolContext::workspace`]) and refuse to run without one.
+pub fn workspace_tools() -> Vec<Arc<dyn Tool>> {
+    vec![
+        Arc::new(list_files::ListFiles),
+        Arc::new(read_file::ReadFile),
+        Arc::new(write_file::WriteFile),
+        Arc::new(search_files::SearchFiles),
+        Arc::new(search_documents::SearchDocuments),
+    ]
+}
+
 /// A tool and its compiled argument validator.
 struct Registered {
     tool: Arc<dyn Tool>,
@@ -153,11 +177,12 @@ struct Registered {
 }
 
 /// What `GET /api/tools` lists for each tool.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct ToolInfo {
     pub name: String,
     pub description: String,
     /// JSON Schema of the arguments.
+    #[schema(value_type = Object)]
     pub parameters: Value,
     /// `"builtin"` or `"mcp:<server>"`.
     pub origin: String,
@@ -167,7 +192,7 @@ pub struct ToolInfo {
 
 /// The state of a source of tools that can fail (an MCP server), shown by
 /// `GET /api/tools`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct SourceStatus {
     pub name: String,
     /// `"connected"`, `"connecting"` or `"unavailable"`.
@@ -199,12 +224,28 @@ impl ToolRegistry {
         Self::default()
     }
 
-    /// The built-in tools: `calculator` and `get_current_time`.
+    /// The two simplest built-ins, `calculator` and `get_current_time` (the
+    /// test suite's baseline; [`ToolRegistry::standard`] has them all).
     pub fn with_builtins() -> Self {
         let registry = Self::new();
         for tool in [Arc::new(Calculator) as Arc<dyn Tool>, Arc::new(CurrentTime)] {
             if let Err(e) = registry.register(tool) {
                 // Built-in schemas are constants covered by tests.
+                tracing::error!(error = %e, "built-in tool rejected");
+            }
+        }
+        registry
+    }
+
+    /// Every built-in tool chatd serves: `calculator`, `get_current_time`,
+    /// `fetch_url`, and the workspace tools (`list_files`, `read_file`,
+    /// `write_file`, `search_files`, `search_documents`).
+    pub fn standard() -> Self {
+        let registry = Self::with_builtins();
+        let mut extra: Vec<Arc<dyn Tool>> = vec![Arc::new(FetchUrl)];
+        extra.extend(workspace_tools());
+        for tool in extra {
+            if let Err(e) = registry.register(tool) {
                 tracing::error!(error = %e, "built-in tool rejected");
             }
         }
@@ -304,5 +345,32 @@ impl ToolRegistry {
 
     fn get(&self, name: &str) -> Option<Arc<Registered>> {
         self.read().get(name).cloned()
+    }
+}
+
+#[cfg(test)]
+mod registry_tests {
+    use super::*;
+
+    #[test]
+    fn the_standard_set_has_every_builtin_with_its_approval() {
+        let registry = ToolRegistry::standard();
+        assert_eq!(
+            registry.names(),
+            [
+                "calculator",
+                "fetch_url",
+                "get_current_time",
+                "list_files",
+                "read_file",
+                "search_documents",
+                "search_files",
+                "write_file"
+            ]
+        );
+        assert_eq!(registry.approval("write_file"), Approval::Ask);
+        assert_eq!(registry.approval("read_file"), Approval::Auto);
+        let registry = registry.with_approval(BTreeMap::from([("write_file".to_string(), Approval::Auto)]));
+        assert_eq!(registry.approval("write_file"), Approval::Auto);
     }
 }

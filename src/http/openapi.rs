@@ -1,0 +1,273 @@
+//! The OpenAPI 3.1 document of the HTTP API, served at `GET /api/openapi.json`.
+//!
+//! It is generated from the code: the handlers' `#[utoipa::path]`
+//! annotations, and `utoipa::ToSchema` on the request bodies, the stored rows,
+//! the error body and the SSE event payloads. The types below exist only to
+//! describe the bodies that handlers build with `json!`; they are never
+//! constructed.
+
+use std::sync::OnceLock;
+
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+use uuid::Uuid;
+
+use crate::chat::events::{
+    ChatEvent, DoneEvent, ErrorEvent, SourcesEvent, StartEvent, StepEvent, StepKind, UsageTotals,
+};
+use crate::store::{Conversation, MessageRow};
+use crate::tools::{SourceStatus, ToolInfo};
+
+/// The document. Every route of [`super::router`] is listed in `paths`.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "chatd",
+        description = "Streams LLM chat replies over Server-Sent Events, runs tool calls server-side and keeps \
+            conversations in SQLite.\n\nEvery error, on every route (also unknown routes: 404 `not_found`, and \
+            wrong methods: 405 `method_not_allowed`), is a JSON `ErrorBody` \
+            `{\"error\": {\"code\", \"message\"}}` with a stable `code`.\n\nWhen API keys are configured, every \
+            route but `/healthz`, `/readyz`, `/metrics` and `/api/openapi.json` needs \
+            `Authorization: Bearer <key>` (else 401 `unauthorized`) and is rate limited per key (429 \
+            `rate_limited` with `Retry-After`).\n\n`POST /api/chat` and `GET /api/chat/{message_id}/events` \
+            answer `text/event-stream`: each event has `id:` (1, 2, 3, ... within the reply), `event:` (`start`, \
+            `process_step`, `sources`, `done` or `error`) and `data:` (the JSON payload described by the \
+            `SseEvent` schema)."
+    ),
+    paths(
+        super::chat::post_chat,
+        super::chat::resume,
+        super::chat::cancel,
+        super::chat::approve,
+        super::conversations::list,
+        super::conversations::create,
+        super::conversations::get_one,
+        super::conversations::patch,
+        super::conversations::delete,
+        super::conversations::messages,
+        super::health::tools,
+        super::models::list,
+        super::health::healthz,
+        super::health::readyz,
+        super::metrics::render,
+        openapi_json,
+    ),
+    components(schemas(
+        ChatEvent,
+        StartEvent,
+        StepEvent,
+        StepKind,
+        SourcesEvent,
+        DoneEvent,
+        UsageTotals,
+        ErrorEvent,
+        super::error::ErrorBody,
+    )),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    tags(
+        (name = "chat", description = "Send messages and follow, resume, cancel or approve replies"),
+        (name = "conversations", description = "Conversations and their stored messages"),
+        (name = "tools", description = "The tools the model can call"),
+        (name = "models", description = "The configured providers and their models"),
+        (name = "health", description = "Liveness, readiness and metrics (no API key needed)"),
+        (name = "meta", description = "This document (no API key needed)"),
+    )
+)]
+pub struct ApiDoc;
+
+/// Adds the `bearer` security scheme (the API keys of `api_keys`).
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "One of the configured API keys (`api_keys`, `CHATD_API_KEYS`). Required on every route \
+                         but the open ones when keys are configured.",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// `GET /api/openapi.json`: this document (built once).
+#[utoipa::path(
+    get,
+    path = "/api/openapi.json",
+    operation_id = "openapi",
+    tag = "meta",
+    summary = "This OpenAPI document",
+    security(),
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = OpenApiDocument))
+)]
+pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    static DOCUMENT: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
+    Json(DOCUMENT.get_or_init(ApiDoc::openapi).clone())
+}
+
+/// An OpenAPI 3.1 document (only its required top-level fields are described).
+#[derive(ToSchema)]
+pub struct OpenApiDocument {
+    #[schema(pattern = r"^3\.1\.\d+$")]
+    pub openapi: String,
+    #[schema(value_type = Object)]
+    pub info: (),
+    #[schema(value_type = Object)]
+    pub paths: (),
+}
+
+/// `GET /api/conversations`: one page, most recently updated first.
+#[derive(ToSchema)]
+pub struct ConversationList {
+    pub conversations: Vec<Conversation>,
+    /// Pass as `before` for the next page; `null` on the last page.
+    pub next_before: Option<Uuid>,
+}
+
+/// `GET /api/conversations/{id}/messages`: every message, oldest first.
+#[derive(ToSchema)]
+pub struct MessageList {
+    pub messages: Vec<MessageRow>,
+}
+
+/// `POST /api/chat/{message_id}/approve`: the decision that was delivered.
+#[derive(ToSchema)]
+pub struct ApproveResponse {
+    pub message_id: Uuid,
+    pub tool_call_id: String,
+    pub approved: bool,
+}
+
+/// `POST /api/chat/{message_id}/cancel`: the reply is stored as cancelled.
+#[derive(ToSchema)]
+pub struct CancelResponse {
+    pub message_id: Uuid,
+    pub status: CancelledStatus,
+}
+
+/// Always `cancelled`.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CancelledStatus {
+    Cancelled,
+}
+
+/// `GET /api/tools`.
+#[derive(ToSchema)]
+pub struct ToolList {
+    /// Every tool, sorted by name.
+    pub tools: Vec<ToolInfo>,
+    /// Every tool source that can fail (MCP servers), by name.
+    pub sources: Vec<SourceStatus>,
+}
+
+/// `GET /api/models`.
+#[derive(ToSchema)]
+pub struct ModelList {
+    /// Each provider's models, in provider order; a model served by two
+    /// providers is listed once per provider.
+    pub models: Vec<ModelEntry>,
+    /// Every provider, in configuration order.
+    pub providers: Vec<ProviderStatus>,
+}
+
+/// A model and the provider that serves it.
+#[derive(ToSchema)]
+pub struct ModelEntry {
+    pub id: String,
+    /// A `[[providers]]` name (`default` for `[llm]`).
+    pub provider: String,
+}
+
+/// Whether a provider answered its `GET /models`.
+#[derive(ToSchema)]
+pub struct ProviderStatus {
+    pub name: String,
+    /// The upstream base URL, without credentials.
+    pub base_url: String,
+    pub reachable: bool,
+    /// Why it was not reachable; `null` when it was.
+    pub error: Option<String>,
+}
+
+/// `GET /healthz` (`ok`) and `GET /readyz` (`ready`).
+#[derive(ToSchema)]
+pub struct HealthStatus {
+    #[schema(examples("ok", "ready"))]
+    pub status: String,
+}
+
+/// The `tools` field of `POST /api/chat`: `true` (every tool), `false` (none)
+/// or a list of tool names.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum ToolsSchema {
+    All(bool),
+    Names(Vec<String>),
+}
+
+/// The `tool_choice` field of `POST /api/chat` (OpenAI `tool_choice`).
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum ToolChoiceSchema {
+    Mode(ToolChoiceMode),
+    Function(NamedToolChoice),
+}
+
+/// Whether the model may (`auto`), must not (`none`) or must (`required`) call a tool.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ToolChoiceMode {
+    Auto,
+    None,
+    Required,
+}
+
+/// Forces a call of the named function.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NamedToolChoice {
+    #[serde(rename = "type")]
+    pub kind: FunctionKind,
+    pub function: FunctionName,
+}
+
+/// Always `function`.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FunctionKind {
+    Function,
+}
+
+/// The function a [`NamedToolChoice`] names.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct FunctionName {
+    pub name: String,
+}
+
+/// A tool call of a stored reply (OpenAI `tool_calls` item).
+#[derive(Serialize, ToSchema)]
+pub struct StoredToolCall {
+    pub id: String,
+    /// `function`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: StoredFunctionCall,
+}
+
+/// The function part of a [`StoredToolCall`].
+#[derive(Serialize, ToSchema)]
+pub struct StoredFunctionCall {
+    pub name: String,
+    /// The arguments as JSON text, exactly as the model produced them.
+    pub arguments: String,
+}

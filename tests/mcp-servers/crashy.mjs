@@ -1,0 +1,96 @@
+// A tiny MCP server over stdio for chatd's tests (tests/mcp.rs), written
+// with Node's standard library only. It speaks newline-delimited JSON-RPC:
+// initialize, ping, tools/list and tools/call for four tools:
+//   echo  {text}  -> "pid <pid>: <text>" (the pid shows which process answered)
+//   fail  {}      -> isError: true
+//   mixed {}      -> a text, an image and an embedded text resource
+//   env   {}      -> a few of its environment variables, as JSON
+//   crash {}      -> the process exits with status 3 without answering
+import { createInterface } from "node:readline";
+
+const tools = [
+  {
+    name: "echo",
+    description: "Echoes the text, prefixed with the server's pid.",
+    inputSchema: { type: "object", properties: { text: { type: "string" } }, required: ["text"] },
+  },
+  { name: "fail", description: "Always fails.", inputSchema: { type: "object", properties: {} } },
+  { name: "mixed", description: "Returns several kinds of content.", inputSchema: { type: "object", properties: {} } },
+  { name: "env", description: "Shows some environment variables.", inputSchema: { type: "object", properties: {} } },
+  { name: "crash", description: "Exits the server process.", inputSchema: { type: "object", properties: {} } },
+];
+
+function send(message) {
+  process.stdout.write(JSON.stringify({ jsonrpc: "2.0", ...message }) + "\n");
+}
+
+function call(name, args) {
+  switch (name) {
+    case "echo":
+      return { content: [{ type: "text", text: `pid ${process.pid}: ${args.text}` }] };
+    case "fail":
+      return { content: [{ type: "text", text: "it failed on purpose" }], isError: true };
+    case "mixed":
+      return {
+        content: [
+          { type: "text", text: "three parts" },
+          { type: "image", data: Buffer.from("12345").toString("base64"), mimeType: "image/png" },
+          { type: "resource", resource: { uri: "file:///notes.txt", mimeType: "text/plain", text: "embedded text" } },
+        ],
+      };
+    case "env": {
+      const env = {
+        has_path: Boolean(process.env.PATH),
+        CARGO_PKG_NAME: process.env.CARGO_PKG_NAME ?? null,
+        MCP_GREETING: process.env.MCP_GREETING ?? null,
+      };
+      return { content: [{ type: "text", text: JSON.stringify(env) }] };
+    }
+    case "crash":
+      process.stderr.write("crashy: crashing on request\n");
+      process.exit(3);
+    default:
+      return null;
+  }
+}
+
+const lines = createInterface({ input: process.stdin });
+lines.on("line", (line) => {
+  if (!line.trim()) return;
+  let msg;
+  try {
+    msg = JSON.parse(line);
+  } catch {
+    send({ id: null, error: { code: -32700, message: "parse error" } });
+    return;
+  }
+  if (msg.id === undefined) return; // a notification
+  switch (msg.method) {
+    case "initialize":
+      send({
+        id: msg.id,
+        result: {
+          protocolVersion: "2025-06-18",
+          capabilities: { tools: {} },
+          serverInfo: { name: "crashy", version: "1.0.0" },
+        },
+      });
+      break;
+    case "ping":
+      send({ id: msg.id, result: {} });
+      break;
+    case "tools/list":
+      send({ id: msg.id, result: { tools } });
+      break;
+    case "tools/call": {
+      const result = call(msg.params?.name, msg.params?.arguments ?? {});
+      if (result) send({ id: msg.id, result });
+      else send({ id: msg.id, error: { code: -32602, message: `unknown tool ${msg.params?.name}` } });
+      break;
+    }
+    default:
+      send({ id: msg.id, error: { code: -32601, message: `method not found: ${msg.method}` } });
+  }
+});
+lines.on("close", () => process.exit(0));
+process.stderr.write(`crashy: started, pid ${process.pid}\n`);
