@@ -141,7 +141,7 @@ set +e
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
     --max-examples "$MAX_EXAMPLES" \
     --seed "$SEED" \
-    --workers 2 \
+    --workers 1 \
     --request-timeout 30 \
     --generation-database none \
     --header "Authorization: Bearer $KEY" \

@@ -36,7 +36,14 @@ const ROUTES: &[(&str, &[&str])] = &[
 /// Routes open without a key.
 const OPEN: &[&str] = &["/healthz", "/readyz", "/metrics", "/api/openapi.json"];
 
-const SSE_PAYLOADS: &[&str] = &["StartEvent", "StepEvent", "SourcesEvent", "DoneEvent", "ErrorEvent"];
+/// SSE event names and the schemas of their `data:`.
+const SSE_EVENTS: &[(&str, &str)] = &[
+    ("start", "StartEvent"),
+    ("process_step", "StepEvent"),
+    ("sources", "SourcesEvent"),
+    ("done", "DoneEvent"),
+    ("error", "ErrorEvent"),
+];
 
 const METHODS: &[&str] = &["get", "put", "post", "delete", "options", "head", "patch", "trace"];
 
@@ -63,6 +70,23 @@ fn operations(doc: &Value) -> Vec<(String, String, &Value)> {
         }
     }
     out
+}
+
+/// SseEvent's variants: event name -> payload schema name.
+fn sse_payloads(doc: &Value) -> BTreeMap<String, String> {
+    doc["components"]["schemas"]["SseEvent"]["oneOf"]
+        .as_array()
+        .expect("SseEvent is a oneOf")
+        .iter()
+        .map(|variant| {
+            let properties = &variant["properties"];
+            let event = properties["event"]["enum"][0].as_str().expect("event name").to_string();
+            let payload = properties["data"]["contentSchema"]["$ref"]
+                .as_str()
+                .expect("contentSchema ref");
+            (event, payload.rsplit('/').next().expect("name").to_string())
+        })
+        .collect()
 }
 
 /// Resolves a local `$ref` (`#/a/b/c`) in `doc`.
@@ -202,23 +226,20 @@ async fn sse_event_schemas_are_described() {
     let app = TestApp::start("http://127.0.0.1:9/v1").await;
     let doc = fetch_document(&app).await;
     let schemas = &doc["components"]["schemas"];
-    for name in SSE_PAYLOADS
-        .iter()
-        .chain(&["SseEvent", "StepKind", "UsageTotals", "ErrorBody"])
-    {
+    let payloads = SSE_EVENTS.iter().map(|(_, payload)| payload);
+    for name in payloads.chain(&["SseEvent", "StepKind", "UsageTotals", "ErrorBody"]) {
         assert!(schemas.get(*name).is_some(), "schema {name}");
     }
-    let one_of: BTreeSet<&str> = schemas["SseEvent"]["oneOf"]
-        .as_array()
-        .expect("SseEvent is a oneOf")
-        .iter()
-        .map(|s| s["$ref"].as_str().expect("ref"))
-        .collect();
-    let want: BTreeSet<String> = SSE_PAYLOADS
-        .iter()
-        .map(|n| format!("#/components/schemas/{n}"))
-        .collect();
-    assert_eq!(one_of, want.iter().map(String::as_str).collect());
+    // SseEvent: one of {event, id, data} per event name, `data` being JSON text
+    // of that event's payload schema.
+    let want: BTreeMap<String, String> = SSE_EVENTS.iter().map(|(e, p)| (e.to_string(), p.to_string())).collect();
+    assert_eq!(sse_payloads(&doc), want);
+    for variant in schemas["SseEvent"]["oneOf"].as_array().expect("oneOf") {
+        assert_eq!(variant["required"], json!(["event", "id", "data"]));
+        assert_eq!(variant["properties"]["id"]["type"], "string");
+        assert_eq!(variant["properties"]["data"]["type"], "string");
+        assert_eq!(variant["properties"]["data"]["contentMediaType"], "application/json");
+    }
     let description = schemas["SseEvent"]["description"].as_str().expect("description");
     for word in ["id:", "event:", "start", "process_step", "sources", "done", "error"] {
         assert!(description.contains(word), "SseEvent description mentions {word}");
@@ -311,6 +332,17 @@ impl Schemas {
         validator.iter_errors(instance).map(|e| e.to_string()).collect()
     }
 
+    /// Checks one received SSE event: the envelope against `SseEvent`, the
+    /// payload against the schema SseEvent gives its name.
+    fn check_event(&mut self, event: &support::SseEvent) {
+        let envelope = json!({"event": event.event, "id": event.id, "data": event.data.to_string()});
+        self.check("SseEvent", &envelope);
+        let payload = sse_payloads(&self.doc)
+            .remove(&event.event)
+            .unwrap_or_else(|| panic!("event {} is documented", event.event));
+        self.check(&payload, &event.data);
+    }
+
     /// The schema name of the JSON response `status` of `method path`.
     fn response_schema(&self, path: &str, method: &str, status: u16) -> String {
         let content = &self.doc["paths"][path][method]["responses"][status.to_string()]["content"];
@@ -374,11 +406,12 @@ async fn real_responses_and_events_match_their_schemas() {
         wrong[field] = bad;
         assert!(!schemas.errors("Conversation", &wrong).is_empty(), "{wrong}");
     }
-    assert!(
-        !schemas
-            .errors("SseEvent", &json!({"id": "step-0", "index": 0, "type": "nope"}))
-            .is_empty()
-    );
+    let bad_step = json!({"id": "step-0", "index": 0, "type": "nope"});
+    assert!(!schemas.errors("StepEvent", &bad_step).is_empty());
+    let bad_name = json!({"event": "nope", "id": "1", "data": "{}"});
+    assert!(!schemas.errors("SseEvent", &bad_name).is_empty());
+    let bad_id = json!({"event": "start", "id": "x", "data": "{}"});
+    assert!(!schemas.errors("SseEvent", &bad_id).is_empty());
     assert!(!schemas.errors("ErrorBody", &json!({"error": {"code": "x"}})).is_empty());
 
     // The SSE payloads of a whole reply.
@@ -402,16 +435,7 @@ async fn real_responses_and_events_match_their_schemas() {
     assert_eq!(names.last(), Some(&"done"));
     assert!(names.contains(&"process_step"), "{names:?}");
     for event in &events {
-        schemas.check("SseEvent", &event.data);
-        let payload = match event.event.as_str() {
-            "start" => "StartEvent",
-            "process_step" => "StepEvent",
-            "sources" => "SourcesEvent",
-            "done" => "DoneEvent",
-            "error" => "ErrorEvent",
-            other => panic!("unknown event {other}"),
-        };
-        schemas.check(payload, &event.data);
+        schemas.check_event(event);
     }
     let conversation_id = events[0].data["conversation_id"].as_str().expect("id").to_string();
     let message_id = events[0].data["message_id"].as_str().expect("id").to_string();
@@ -426,7 +450,7 @@ async fn real_responses_and_events_match_their_schemas() {
         .expect("resume");
     assert_eq!(resumed.status(), 200);
     for event in read_events(resumed, usize::MAX).await {
-        schemas.check("SseEvent", &event.data);
+        schemas.check_event(&event);
     }
 
     // A failing reply: `error` event, and a stored `error`.
@@ -440,7 +464,7 @@ async fn real_responses_and_events_match_their_schemas() {
     let failed = read_events(failed, usize::MAX).await;
     assert_eq!(failed.last().map(|e| e.event.as_str()), Some("error"));
     for event in &failed {
-        schemas.check("SseEvent", &event.data);
+        schemas.check_event(event);
     }
     app.wait_final(failed[0].data["message_id"].as_str().expect("id")).await;
 

@@ -24,16 +24,8 @@ use uuid::Uuid;
 ///     r#"{"id":"step-0","index":0,"type":"text","delta":"Hi"}"#
 /// );
 /// ```
-#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(untagged)]
-#[schema(
-    as = SseEvent,
-    description = "The JSON `data:` of one Server-Sent Event of a reply's `text/event-stream`. Every event has \
-        `id:` (its 1-based position in the reply, for `Last-Event-ID`), `event:` (its name) and `data:` (one of \
-        these payloads): `start` (StartEvent, first), any number of `process_step` (StepEvent) and `sources` \
-        (SourcesEvent), then exactly one terminal `done` (DoneEvent) or `error` (ErrorEvent). Keep-alive \
-        comment lines (`:`) come in between."
-)]
 pub enum ChatEvent {
     Start(StartEvent),
     Step(StepEvent),

@@ -12,9 +12,8 @@ use super::AppState;
 use super::access::{Caller, too_many};
 use super::error::{ApiError, ErrorBody, parse_uuid};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
-use super::openapi::{ApproveResponse, CancelResponse, ToolChoiceSchema, ToolsSchema};
+use super::openapi::{ApproveResponse, CancelResponse, SseEvent, ToolChoiceSchema, ToolsSchema};
 use super::sse::{StreamMode, sse_response};
-use crate::chat::events::ChatEvent;
 use crate::chat::{ChatInput, SettingsInput, ToolChoice, ToolSelection};
 
 /// Request body of `POST /api/chat`. Unknown fields are rejected (400).
@@ -72,14 +71,14 @@ pub struct ChatBody {
     tag = "chat",
     summary = "Send a message and stream the reply",
     description = "Stores the user's message (creating a conversation when `conversation_id` is absent), starts \
-        the reply and answers with its events as `text/event-stream`. Each event's `data:` is one of the \
-        `SseEvent` payloads; its `event:` line names it and its `id:` line counts 1, 2, 3, ... within the \
-        reply. Errors found before the stream starts are JSON error bodies; errors during the reply are a \
+        the reply and answers with its events as `text/event-stream`, each one an `SseEvent`: its `event:` \
+        line names it, its `id:` line counts 1, 2, 3, ... within the reply and its `data:` is the JSON \
+        payload of that name. Errors found before the stream starts are JSON error bodies; errors during the reply are a \
         terminal `error` event in a 200 stream.",
     request_body = ChatBody,
     responses(
         (status = 200, description = "The reply's events: `start`, `process_step`/`sources`, then `done` or \
-            `error`", content_type = "text/event-stream", body = ChatEvent),
+            `error`", content_type = "text/event-stream", body = SseEvent),
         (status = 400, description = "`invalid_json` or `invalid_request`: malformed JSON, wrong types, unknown \
             fields, bad `tools`/`tool_choice`/`stream_mode`", body = ErrorBody),
         (status = 401, description = "`unauthorized`: no valid API key", body = ErrorBody),
@@ -153,7 +152,7 @@ pub struct ResumeQuery {
     ),
     responses(
         (status = 200, description = "The reply's events after the given id", content_type = "text/event-stream",
-            body = ChatEvent),
+            body = SseEvent),
         (status = 400, description = "`invalid_id` (not a UUID) or `invalid_request` (bad query or \
             `Last-Event-ID`)", body = ErrorBody),
         (status = 401, description = "`unauthorized`: no valid API key", body = ErrorBody),

@@ -6,17 +6,18 @@
 //! describe the bodies that handlers build with `json!`; they are never
 //! constructed.
 
+use std::borrow::Cow;
 use std::sync::OnceLock;
 
 use axum::Json;
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::openapi::{Ref, RefOr};
+use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 use uuid::Uuid;
 
-use crate::chat::events::{
-    ChatEvent, DoneEvent, ErrorEvent, SourcesEvent, StartEvent, StepEvent, StepKind, UsageTotals,
-};
+use crate::chat::events::{DoneEvent, ErrorEvent, SourcesEvent, StartEvent, StepEvent, StepKind, UsageTotals};
 use crate::store::{Conversation, MessageRow};
 use crate::tools::{SourceStatus, ToolInfo};
 
@@ -55,7 +56,7 @@ use crate::tools::{SourceStatus, ToolInfo};
         openapi_json,
     ),
     components(schemas(
-        ChatEvent,
+        SseEvent,
         StartEvent,
         StepEvent,
         StepKind,
@@ -112,6 +113,97 @@ impl Modify for BearerAuth {
 pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
     static DOCUMENT: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
     Json(DOCUMENT.get_or_init(ApiDoc::openapi).clone())
+}
+
+/// One event of the `text/event-stream` answer of `POST /api/chat` and
+/// `GET /api/chat/{message_id}/events`: its `event:` name, its `id:` and its
+/// JSON `data:`, whose schema depends on the name. (The OpenAPI 3.2 reading of
+/// an event stream's schema, which schemathesis also applies to 3.1.)
+pub struct SseEvent;
+
+impl SseEvent {
+    /// Every event name with its payload schema and what it means.
+    fn kinds() -> [(&'static str, Cow<'static, str>, &'static str); 5] {
+        [
+            (
+                "start",
+                StartEvent::name(),
+                "First: the reply has begun; its rows exist in the database.",
+            ),
+            (
+                "process_step",
+                StepEvent::name(),
+                "A step: thinking or text (a `delta`, or `content` in accumulated mode), a tool call, a tool \
+                 approval request or a tool result.",
+            ),
+            ("sources", SourcesEvent::name(), "Documents a tool cited."),
+            (
+                "done",
+                DoneEvent::name(),
+                "Terminal: the reply ended normally (or was cancelled) and is stored.",
+            ),
+            (
+                "error",
+                ErrorEvent::name(),
+                "Terminal: the reply failed; what was produced before is stored.",
+            ),
+        ]
+    }
+}
+
+impl PartialSchema for SseEvent {
+    fn schema() -> RefOr<Schema> {
+        let mut one_of = OneOfBuilder::new().description(Some(
+            "One Server-Sent Event of a reply. Every event has `id:` (its 1-based position in the reply: send the \
+             last one seen as `Last-Event-ID` to resume), `event:` (its name) and `data:` (its JSON payload, by \
+             name: `start` → StartEvent, `process_step` → StepEvent, `sources` → SourcesEvent, `done` → \
+             DoneEvent, `error` → ErrorEvent). A reply is `start`, any number of `process_step` and `sources`, \
+             then exactly one terminal `done` or `error`. Keep-alive comment lines (`:`) come in between.",
+        ));
+        for (event, payload, meaning) in Self::kinds() {
+            let name = ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some([event]));
+            let id = ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[1-9][0-9]*$"))
+                .description(Some("The event's 1-based position in the reply"));
+            let data = ObjectBuilder::new()
+                .schema_type(Type::String)
+                .content_media_type("application/json")
+                .content_schema(Some(Ref::from_schema_name(payload)))
+                .description(Some("The JSON payload"));
+            one_of = one_of.item(
+                ObjectBuilder::new()
+                    .description(Some(format!("`{event}`: {meaning}")))
+                    .property("event", name)
+                    .property("id", id)
+                    .property("data", data)
+                    .required("event")
+                    .required("id")
+                    .required("data"),
+            );
+        }
+        one_of.into()
+    }
+}
+
+impl ToSchema for SseEvent {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("SseEvent")
+    }
+
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        fn add<T: ToSchema>(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+            schemas.push((T::name().into_owned(), T::schema()));
+            T::schemas(schemas);
+        }
+        add::<StartEvent>(schemas);
+        add::<StepEvent>(schemas);
+        add::<SourcesEvent>(schemas);
+        add::<DoneEvent>(schemas);
+        add::<ErrorEvent>(schemas);
+    }
 }
 
 /// An OpenAPI 3.1 document (only its required top-level fields are described).
