@@ -53,7 +53,7 @@ pub struct Config {
     /// HTTP limits, CORS, metrics and logs.
     pub http: HttpConfig,
     /// Access control: `"keys"` (default) or `"none"`. With `"keys"`, every
-    /// route except `/healthz`, `/readyz` and `/metrics` needs
+    /// route except `/healthz`, `/readyz`, `/metrics` and `/api/openapi.json` needs
     /// `Authorization: Bearer <key>` once at least one key is configured; a
     /// non-loopback `listen` without keys refuses to start. `"none"` turns
     /// authentication off explicitly.

@@ -21,7 +21,7 @@ use crate::chat::{ChatInput, SettingsInput, ToolChoice, ToolSelection};
 #[serde(deny_unknown_fields)]
 pub struct ChatBody {
     /// The user's message; not blank, at most `chat.max_message_chars`.
-    #[schema(min_length = 1)]
+    #[schema(min_length = 1, pattern = r"\S")]
     pub message: String,
     /// Absent: create a conversation (storing the settings below on it).
     #[serde(default)]
@@ -31,10 +31,13 @@ pub struct ChatBody {
     #[serde(default)]
     #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub project_id: Option<String>,
+    /// Not blank.
     #[serde(default)]
+    #[schema(pattern = r"\S")]
     pub model: Option<String>,
     /// A `[[providers]]` name; absent routes by model.
     #[serde(default)]
+    #[schema(pattern = r"\S")]
     pub provider: Option<String>,
     #[serde(default)]
     pub system_prompt: Option<String>,

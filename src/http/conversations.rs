@@ -78,10 +78,13 @@ pub async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<ListQuery
 pub struct CreateBody {
     #[serde(default)]
     title: Option<String>,
+    /// Not blank.
     #[serde(default)]
+    #[schema(pattern = r"\S")]
     model: Option<String>,
     /// A `[[providers]]` name the conversation is pinned to.
     #[serde(default)]
+    #[schema(pattern = r"\S")]
     provider: Option<String>,
     /// The project whose workspace the tools work in (set once, here).
     #[serde(default)]
@@ -95,7 +98,7 @@ pub struct CreateBody {
     temperature: Option<f64>,
     /// At least 1.
     #[serde(default)]
-    #[schema(minimum = 1)]
+    #[schema(format = Int64, minimum = 1, maximum = 4294967295_i64)]
     max_tokens: Option<u32>,
     #[serde(default)]
     thinking: Option<bool>,
@@ -189,11 +192,13 @@ pub struct PatchBody {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
     title: Option<Option<String>>,
+    /// Not blank; `null` clears it.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = r"\S")]
     model: Option<Option<String>>,
+    /// Not blank; `null` clears it.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = r"\S")]
     provider: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
@@ -204,7 +209,7 @@ pub struct PatchBody {
     temperature: Option<Option<f64>>,
     /// At least 1.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<u32>, minimum = 1)]
+    #[schema(value_type = Option<u32>, format = Int64, minimum = 1, maximum = 4294967295_i64)]
     max_tokens: Option<Option<u32>>,
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<bool>)]

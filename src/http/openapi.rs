@@ -128,24 +128,24 @@ impl SseEvent {
             (
                 "start",
                 StartEvent::name(),
-                "First: the reply has begun; its rows exist in the database.",
+                "the first event: the reply has begun; its rows exist in the database.",
             ),
             (
                 "process_step",
                 StepEvent::name(),
-                "A step: thinking or text (a `delta`, or `content` in accumulated mode), a tool call, a tool \
+                "a step: thinking or text (a `delta`, or `content` in accumulated mode), a tool call, a tool \
                  approval request or a tool result.",
             ),
-            ("sources", SourcesEvent::name(), "Documents a tool cited."),
+            ("sources", SourcesEvent::name(), "documents a tool cited."),
             (
                 "done",
                 DoneEvent::name(),
-                "Terminal: the reply ended normally (or was cancelled) and is stored.",
+                "the terminal event when the reply ended normally (or was cancelled) and is stored.",
             ),
             (
                 "error",
                 ErrorEvent::name(),
-                "Terminal: the reply failed; what was produced before is stored.",
+                "the terminal event when the reply failed; what was produced before is stored.",
             ),
         ]
     }

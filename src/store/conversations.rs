@@ -28,6 +28,7 @@ pub struct Conversation {
     /// Sampling temperature, 0..=2.
     pub temperature: Option<f64>,
     /// Most completion tokens per model round.
+    #[schema(format = Int64, maximum = 4294967295_i64)]
     pub max_tokens: Option<u32>,
     /// Reasoning switch; `None` leaves the provider's default.
     pub thinking: Option<bool>,
