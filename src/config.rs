@@ -209,8 +209,9 @@ pub struct ChatConfig {
     /// Interval in ms between SSE keep-alive comments.
     pub keepalive_interval_ms: u64,
     /// How long in ms a finished reply's events stay replayable exactly (in
-    /// memory and in the `reply_events` table); later resumes get a compact
-    /// replay built from the stored message.
+    /// memory for the first minute at most, in the `reply_event_batches`
+    /// table for all of it); later resumes get a compact replay built from
+    /// the stored message.
     pub replay_retention_ms: u64,
     /// Longest interval in ms between writes of a streaming reply's partial
     /// state to its message row (what a crash can lose at most).

@@ -441,9 +441,25 @@ async fn two_hundred_concurrent_replies_are_all_stored() {
         }
     }
     app.chat.store().writer().flush().await;
-    let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM reply_events")
-        .fetch_one(&db)
+    let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM messages WHERE role = 'assistant'")
+        .fetch_all(&db)
         .await
-        .expect("count");
-    assert_eq!(events, (N * 12) as i64, "every event of every reply stored");
+        .expect("ids");
+    let mut events = 0;
+    for id in ids {
+        let stored = app
+            .chat
+            .store()
+            .reply_events(id.parse().expect("uuid"))
+            .await
+            .expect("events");
+        let seqs: Vec<u64> = stored.iter().map(|e| e.0).collect();
+        assert_eq!(
+            seqs,
+            (1..=12).collect::<Vec<u64>>(),
+            "every event of reply {id} stored once, in order"
+        );
+        events += stored.len();
+    }
+    assert_eq!(events, N * 12, "every event of every reply stored");
 }

@@ -102,6 +102,9 @@ pub(super) struct Generation {
     pub enabled_tools: Arc<Vec<String>>,
     pub tool_choice: Option<Value>,
     pub suggested_title: Option<String>,
+    /// Set when this turn created the conversation: its one message (the
+    /// user's), so that the history needs no database read.
+    pub first_message: Option<String>,
 }
 
 impl Generation {
@@ -191,14 +194,20 @@ impl Generation {
     }
 
     async fn run_loop(&self, rec: &mut StepRecorder, usage: &mut UsageTotals) -> Result<String, Stop> {
-        let rows = self
-            .deps
-            .store
-            .messages(self.reply.conversation_id)
-            .await
-            .map_err(|e| Stop::Internal(format!("could not load the conversation: {e}")))?;
-        let rows: Vec<_> = rows.into_iter().filter(|r| r.id != self.reply.message_id).collect();
-        let mut messages = history::build(self.settings.system_prompt.as_deref(), &rows);
+        let system_prompt = self.settings.system_prompt.as_deref();
+        let mut messages = match &self.first_message {
+            Some(content) => history::first_turn(system_prompt, content),
+            None => {
+                let rows = self
+                    .deps
+                    .store
+                    .messages(self.reply.conversation_id)
+                    .await
+                    .map_err(|e| Stop::Internal(format!("could not load the conversation: {e}")))?;
+                let rows: Vec<_> = rows.into_iter().filter(|r| r.id != self.reply.message_id).collect();
+                history::build(system_prompt, &rows)
+            }
+        };
         let max_rounds = self.deps.config.chat.max_iterations;
         let tools = self.tool_definitions();
 
@@ -297,10 +306,13 @@ impl Generation {
         let mut finish_reason = None;
         let mut round_usage = None;
         let mut saw_done = false;
+        // One wait for the whole round, not a new one per chunk.
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
         loop {
             let item = tokio::select! {
                 biased;
-                _ = cancel.cancelled() => return Err(Stop::Cancelled),
+                _ = &mut cancelled => return Err(Stop::Cancelled),
                 item = stream.next() => item,
             };
             let chunk = match item {

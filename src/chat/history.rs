@@ -30,11 +30,7 @@ struct Round {
 /// The upstream messages for `rows` (oldest first), after the system prompt.
 pub fn build(system_prompt: Option<&str>, rows: &[MessageRow]) -> Vec<RequestMessage> {
     let mut out = Vec::with_capacity(rows.len() + 1);
-    if let Some(prompt) = system_prompt.filter(|p| !p.trim().is_empty()) {
-        out.push(RequestMessage::System {
-            content: prompt.to_string(),
-        });
-    }
+    push_system(&mut out, system_prompt);
     for row in rows {
         match row.role {
             Role::User => out.push(RequestMessage::User {
@@ -44,6 +40,25 @@ pub fn build(system_prompt: Option<&str>, rows: &[MessageRow]) -> Vec<RequestMes
         }
     }
     out
+}
+
+/// The upstream messages of a conversation's first turn: the system prompt
+/// and the user's `message`; what [`build`] gives for its one stored row.
+pub fn first_turn(system_prompt: Option<&str>, message: &str) -> Vec<RequestMessage> {
+    let mut out = Vec::with_capacity(2);
+    push_system(&mut out, system_prompt);
+    out.push(RequestMessage::User {
+        content: message.to_string(),
+    });
+    out
+}
+
+fn push_system(out: &mut Vec<RequestMessage>, system_prompt: Option<&str>) {
+    if let Some(prompt) = system_prompt.filter(|p| !p.trim().is_empty()) {
+        out.push(RequestMessage::System {
+            content: prompt.to_string(),
+        });
+    }
 }
 
 fn push_reply(out: &mut Vec<RequestMessage>, row: &MessageRow) {

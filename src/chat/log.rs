@@ -65,7 +65,7 @@ pub struct Reply {
     /// Set before `cancel` when the server stops the reply (shutdown), so it
     /// is stored as `interrupted` rather than `cancelled`.
     interrupted: AtomicBool,
-    /// Where events are also appended durably (the `reply_events` table).
+    /// Where events are also appended durably (the `reply_event_batches` table).
     sink: Option<Writer>,
     /// Tool calls waiting for the user's decision, by tool call id.
     approvals: Mutex<HashMap<String, tokio::sync::oneshot::Sender<Decision>>>,

@@ -195,6 +195,15 @@ pub struct ChatService {
 /// How long a cancel waits for the reply to store its final state.
 const CANCEL_WAIT: Duration = Duration::from_secs(10);
 
+/// How long a finished reply's events stay in memory (or
+/// `chat.replay_retention_ms`, if shorter). Clients that reconnect right
+/// after the end are served from memory; later resumes within the retention
+/// window read the same events, exactly, from the database. Holding every
+/// reply for the whole window (10 minutes by default) made memory grow with
+/// the reply rate: 100 replies a second of 1,000 tokens would have kept some
+/// 20 GB of events.
+pub const MEMORY_RETENTION: Duration = Duration::from_secs(60);
+
 impl ChatService {
     /// A service over the given store, upstream client, tools and config.
     pub fn new(store: Store, providers: Providers, tools: Arc<ToolRegistry>, config: Arc<Config>) -> Self {
@@ -358,10 +367,11 @@ impl ChatService {
             enabled_tools: Arc::new(enabled),
             tool_choice: input.tool_choice.as_ref().map(ToolChoice::to_json),
             suggested_title: if create { conversation.title.clone() } else { None },
+            first_message: create.then(|| turn.user_content.clone()),
         };
         let registry = self.replies.clone();
         let finished = reply.clone();
-        let retention = Duration::from_millis(config.chat.replay_retention_ms);
+        let retention = Duration::from_millis(config.chat.replay_retention_ms).min(MEMORY_RETENTION);
         let span = tracing::info_span!("reply", conversation_id = %conversation.id, message_id = %message_id);
         tokio::spawn(tracing::Instrument::instrument(
             async move {

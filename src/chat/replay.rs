@@ -1,6 +1,6 @@
 //! Replays of replies that are no longer in memory.
 //!
-//! While a reply's events are still in the `reply_events` table (during the
+//! While a reply's events are still in the `reply_event_batches` table (during the
 //! retention window, also across a restart), the replay is exact: the same
 //! events with the same ids. A reply that never got its terminal event
 //! stored (the process died) gets one built from the message row. After the

@@ -109,6 +109,20 @@ pub fn router(chat: Arc<ChatService>) -> Router {
         .with_state(AppState { chat, access })
 }
 
+/// Wraps a bound listener so that every accepted connection has
+/// `TCP_NODELAY` set. SSE sends many small writes (the headers, then one
+/// event per token); with Nagle's algorithm a write waits for the peer's
+/// delayed ACK (about 40 ms on Linux) whenever the previous one is
+/// unacknowledged, which showed up as a 40 ms stall before the `start`
+/// event. Pass the result to `axum::serve`.
+pub fn listener(tcp: tokio::net::TcpListener) -> impl axum::serve::Listener<Addr = std::net::SocketAddr> {
+    axum::serve::ListenerExt::tap_io(tcp, |stream| {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    })
+}
+
 /// The router for a separate metrics address (`http.metrics_listen`).
 pub fn metrics_router() -> Router {
     metrics::install();

@@ -105,8 +105,6 @@ pub struct ChatChunk {
     pub usage: Option<Usage>,
     #[serde(default)]
     pub error: Option<Value>,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
 }
 
 /// One choice of a chunk; chatd reads choice 0 only (it never asks for n > 1).
@@ -118,8 +116,6 @@ pub struct ChunkChoice {
     pub delta: Option<Delta>,
     #[serde(default)]
     pub finish_reason: Option<String>,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
 }
 
 /// The incremental part of a choice. Reasoning arrives as
@@ -137,8 +133,6 @@ pub struct Delta {
     pub reasoning: Option<String>,
     #[serde(default, deserialize_with = "null_as_default")]
     pub tool_calls: Vec<ToolCallDelta>,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
 }
 
 /// A piece of a tool call. The id and name usually come only in the first
@@ -204,8 +198,11 @@ mod tests {
         let delta = c.choices[0].delta.as_ref().expect("delta");
         assert_eq!(delta.reasoning_content.as_deref(), Some("hm"));
         assert!(delta.tool_calls.is_empty());
-        assert_eq!(delta.extra.get("x_extra"), Some(&Value::from(1)));
-        assert_eq!(c.extra.get("system_fingerprint"), Some(&Value::from("fp")));
+        assert_eq!(
+            c.id.as_deref(),
+            Some("x"),
+            "unknown fields (x_extra, system_fingerprint) are ignored"
+        );
 
         let c: ChatChunk = serde_json::from_str(
             r#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":null,"total_tokens":5}}"#,

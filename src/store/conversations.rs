@@ -162,7 +162,7 @@ impl Store {
     /// Inserts a new conversation and returns it.
     pub async fn create_conversation(&self, new: NewConversation) -> Result<Conversation, StoreError> {
         let c = new.into_conversation();
-        insert(&self.pool, &c).await?;
+        insert(&self.write, &c).await?;
         Ok(c)
     }
 
@@ -217,7 +217,7 @@ impl Store {
         id: Uuid,
         patch: ConversationPatch,
     ) -> Result<Option<Conversation>, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
         let row = sqlx::query("SELECT * FROM conversations WHERE id = ?")
             .bind(id.to_string())
             .fetch_optional(&mut *tx)
@@ -252,7 +252,7 @@ impl Store {
     pub async fn delete_conversation(&self, id: Uuid) -> Result<bool, StoreError> {
         let done = sqlx::query("DELETE FROM conversations WHERE id = ?")
             .bind(id.to_string())
-            .execute(&self.pool)
+            .execute(&self.write)
             .await?;
         Ok(done.rows_affected() > 0)
     }

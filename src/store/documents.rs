@@ -69,7 +69,7 @@ impl Store {
         body: &str,
         stamp: FileStamp,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
         delete_fts_row(&mut tx, project_id, path).await?;
         let inserted = sqlx::query("INSERT INTO documents (project_id, path, title, body) VALUES (?, ?, ?, ?)")
             .bind(project_id)
@@ -86,7 +86,7 @@ impl Store {
     /// Records that the file `path` (version `stamp`) was looked at but is
     /// not indexed (not text), removing any earlier index row of it.
     pub async fn mark_unindexed(&self, project_id: &str, path: &str, stamp: FileStamp) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
         delete_fts_row(&mut tx, project_id, path).await?;
         record_file(&mut tx, project_id, path, stamp, None).await?;
         tx.commit().await?;
@@ -96,7 +96,7 @@ impl Store {
     /// Forgets the file `path` of `project_id` (index row and recorded
     /// version). Returns whether the index knew it.
     pub async fn remove_document(&self, project_id: &str, path: &str) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
         delete_fts_row(&mut tx, project_id, path).await?;
         let done = sqlx::query("DELETE FROM document_files WHERE project_id = ? AND path = ?")
             .bind(project_id)

@@ -218,53 +218,66 @@ pub(super) async fn write_final(
     Ok(())
 }
 
-const INSERT_MESSAGE: &str = "INSERT INTO messages \
+/// Writes a turn inside the writer's transaction: the conversation (created,
+/// or its `updated_at` touched), the user message and the empty `streaming`
+/// reply. Returns `false`, writing nothing, when the conversation is gone.
+pub(super) async fn write_turn(tx: &mut sqlx::SqliteConnection, turn: &NewTurn, now: i64) -> Result<bool, StoreError> {
+    let conv_id = turn.conversation.id.to_string();
+    if turn.create {
+        conversations::insert(&mut *tx, &turn.conversation).await?;
+    } else {
+        let touched = sqlx::query("UPDATE conversations SET updated_at = max(updated_at, ?) WHERE id = ?")
+            .bind(now)
+            .bind(&conv_id)
+            .execute(&mut *tx)
+            .await?;
+        if touched.rows_affected() == 0 {
+            return Ok(false);
+        }
+    }
+    let mut query = sqlx::query(INSERT_TURN_MESSAGES);
+    for (id, role, content, status) in [
+        (
+            turn.user_message_id,
+            Role::User,
+            turn.user_content.as_str(),
+            Status::Complete,
+        ),
+        (turn.assistant_message_id, Role::Assistant, "", Status::Streaming),
+    ] {
+        query = query
+            .bind(id.to_string())
+            .bind(&conv_id)
+            .bind(role.as_str())
+            .bind(content)
+            .bind(status.as_str())
+            .bind(&turn.model)
+            .bind(now)
+            .bind(now);
+    }
+    query.execute(&mut *tx).await?;
+    Ok(true)
+}
+
+/// The user message and the reply row of a turn, in one statement (the
+/// user's first: rowid order is conversation order).
+const INSERT_TURN_MESSAGES: &str = "INSERT INTO messages \
     (id, conversation_id, role, content, status, model, created_at, updated_at) \
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?)";
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?), (?, ?, ?, ?, ?, ?, ?, ?)";
 
 impl Store {
     /// Commits a turn's user message and its `streaming` assistant row in one
     /// transaction (creating the conversation if asked). Returns `Ok(false)`
     /// when the conversation does not exist (and `create` is false).
+    ///
+    /// Goes through the [`Writer`](super::Writer): turns that arrive while a
+    /// transaction runs are committed together in the next one (group
+    /// commit), so a burst of new chats costs one transaction, not one each
+    /// queued behind the other.
+    ///
+    /// Errors: [`StoreError::Write`] when the transaction failed.
     pub async fn begin_turn(&self, turn: &NewTurn) -> Result<bool, StoreError> {
-        let now = now_ms();
-        let conv_id = turn.conversation.id.to_string();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        if turn.create {
-            conversations::insert(&mut *tx, &turn.conversation).await?;
-        } else {
-            let touched = sqlx::query("UPDATE conversations SET updated_at = max(updated_at, ?) WHERE id = ?")
-                .bind(now)
-                .bind(&conv_id)
-                .execute(&mut *tx)
-                .await?;
-            if touched.rows_affected() == 0 {
-                return Ok(false);
-            }
-        }
-        for (id, role, content, status) in [
-            (
-                turn.user_message_id,
-                Role::User,
-                turn.user_content.as_str(),
-                Status::Complete,
-            ),
-            (turn.assistant_message_id, Role::Assistant, "", Status::Streaming),
-        ] {
-            sqlx::query(INSERT_MESSAGE)
-                .bind(id.to_string())
-                .bind(&conv_id)
-                .bind(role.as_str())
-                .bind(content)
-                .bind(status.as_str())
-                .bind(&turn.model)
-                .bind(now)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(true)
+        self.writer.begin(turn.clone()).await
     }
 
     /// Every message of a conversation, oldest first.
@@ -309,28 +322,26 @@ impl Store {
     }
 
     /// The stored events of a reply, by seq: `(seq, event name, JSON data)`.
+    ///
+    /// Errors: [`StoreError::Corrupt`] for a stored line that does not parse.
     pub async fn reply_events(&self, message_id: Uuid) -> Result<Vec<(u64, String, String)>, StoreError> {
-        let rows = sqlx::query("SELECT seq, event, data FROM reply_events WHERE message_id = ? ORDER BY seq")
-            .bind(message_id.to_string())
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                let seq: i64 = r.try_get("seq")?;
-                Ok((u64::try_from(seq).unwrap_or(0), r.try_get("event")?, r.try_get("data")?))
-            })
-            .collect()
+        let rows: Vec<String> =
+            sqlx::query_scalar("SELECT events FROM reply_event_batches WHERE message_id = ? ORDER BY first_seq")
+                .bind(message_id.to_string())
+                .fetch_all(&self.pool)
+                .await?;
+        super::writer::parse_event_rows(&rows)
     }
 
     /// Deletes the stored events of replies that are final and were last
     /// written before `before_ms`. Returns how many rows went.
     pub async fn prune_events(&self, before_ms: i64) -> Result<u64, StoreError> {
         let done = sqlx::query(
-            "DELETE FROM reply_events WHERE message_id IN \
+            "DELETE FROM reply_event_batches WHERE message_id IN \
              (SELECT id FROM messages WHERE status != 'streaming' AND updated_at < ?)",
         )
         .bind(before_ms)
-        .execute(&self.pool)
+        .execute(&self.write)
         .await?;
         Ok(done.rows_affected())
     }
@@ -340,7 +351,7 @@ impl Store {
     pub async fn mark_interrupted(&self) -> Result<u64, StoreError> {
         let done = sqlx::query("UPDATE messages SET status = 'interrupted', updated_at = ? WHERE status = 'streaming'")
             .bind(now_ms())
-            .execute(&self.pool)
+            .execute(&self.write)
             .await?;
         Ok(done.rows_affected())
     }

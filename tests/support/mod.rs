@@ -71,8 +71,11 @@ impl TestApp {
     }
 
     /// A second chatd on the same database file, as after a restart (this
-    /// one keeps running; its memory is not shared).
+    /// one keeps running; its memory is not shared). What this one queued
+    /// for the database is committed first, as its shutdown would (`chatd
+    /// serve` flushes the writer before it exits).
     pub async fn reopen(&self, tweak: impl FnOnce(&mut Config)) -> Self {
+        self.chat.store().writer().flush().await;
         Self::start_in(&self.upstream, self.dir.clone(), tweak, ToolRegistry::with_builtins()).await
     }
 
@@ -90,7 +93,7 @@ impl TestApp {
         let addr = listener.local_addr().expect("addr");
         let router = app.router;
         tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
+            let _ = axum::serve(chatd::http::listener(listener), router).await;
         });
         Self {
             base: format!("http://{addr}"),

@@ -72,6 +72,9 @@ pub struct RunMetrics {
     pub mock_cpu_ms_per_1k_tokens: f64,
     pub chatd_cpu_ms: Option<f64>,
     pub chatd_cpu_ms_per_1k_tokens: Option<f64>,
+    /// chatd's CPU per chat (request), ms: what a chat costs besides its
+    /// tokens shows in scenarios of short replies.
+    pub chatd_cpu_ms_per_request: Option<f64>,
     pub chatd_peak_rss_mb: Option<f64>,
 }
 
@@ -117,6 +120,7 @@ impl RunMetrics {
             mock_cpu_ms_per_1k_tokens: per_1k(usage.mock_cpu_ms),
             chatd_cpu_ms: usage.chatd_cpu_ms,
             chatd_cpu_ms_per_1k_tokens: usage.chatd_cpu_ms.map(per_1k),
+            chatd_cpu_ms_per_request: usage.chatd_cpu_ms.map(|ms| ms / result.outcomes.len().max(1) as f64),
             chatd_peak_rss_mb: usage.chatd_peak_rss_mb,
         }
     }

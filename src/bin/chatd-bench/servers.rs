@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 
 use crate::procfs;
 
-/// A child process, killed (SIGKILL) and reaped on drop.
+/// A child process, stopped and reaped on drop.
 pub struct Proc {
     child: Child,
 }
@@ -40,7 +40,19 @@ impl Proc {
 }
 
 impl Drop for Proc {
+    /// SIGTERM (std has no signal API; `kill` does it), up to 5 s to exit,
+    /// then SIGKILL.
     fn drop(&mut self) {
+        if self.alive() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.pid().to_string()])
+                .stderr(Stdio::null())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while self.alive() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
