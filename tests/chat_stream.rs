@@ -785,6 +785,7 @@ async fn second_turn_replays_history_with_tool_calls_and_reasoning() {
         mock::finish("stop"),
     ]));
     upstream.push(mock::text_reply(&["You're welcome."], 1, 1));
+    upstream.push(mock::text_reply(&["Bye."], 1, 1));
     let app = TestApp::start(&upstream.base_url).await;
 
     let (first, _) = run(
@@ -819,6 +820,22 @@ async fn second_turn_replays_history_with_tool_calls_and_reasoning() {
     for request in &sent {
         assert_eq!(request["chat_template_kwargs"], json!({"enable_thinking": false}));
     }
+
+    // The second turn's history came from memory (the history cache); after
+    // a restart the third turn's comes from the database, and it continues
+    // the second's exactly.
+    let restarted = app.reopen(|_| {}).await;
+    run(
+        &restarted,
+        json!({"message": "Bye", "conversation_id": conversation_id}),
+    )
+    .await;
+    let sent = upstream.received();
+    assert_eq!(sent.len(), 4);
+    let mut expected = sent[2]["messages"].as_array().expect("messages").clone();
+    expected.push(json!({"role": "assistant", "content": "You're welcome."}));
+    expected.push(json!({"role": "user", "content": "Bye"}));
+    assert_eq!(sent[3]["messages"], json!(expected));
 }
 
 #[tokio::test]

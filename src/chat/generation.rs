@@ -26,7 +26,7 @@ use crate::llm::{
     ChatRequest, FunctionDefinition, LlmError, RequestMessage, Route, StreamItem, StreamOptions, ToolCall,
     ToolDefinition,
 };
-use crate::store::{FinalReply, Status};
+use crate::store::{FinalReply, HistoryRow, Role, Status};
 use crate::tools::executor::{self, Limits, ToolOutcome};
 use crate::tools::{Approval, ToolContext};
 use futures::stream::BoxStream;
@@ -102,9 +102,24 @@ pub(super) struct Generation {
     pub enabled_tools: Arc<Vec<String>>,
     pub tool_choice: Option<Value>,
     pub suggested_title: Option<String>,
-    /// Set when this turn created the conversation: its one message (the
-    /// user's), so that the history needs no database read.
-    pub first_message: Option<String>,
+    /// The user's message of this turn.
+    pub user_content: String,
+    /// Where the messages before this turn come from.
+    pub earlier: Earlier,
+    /// The conversation's number of stored messages before this turn.
+    pub earlier_count: u64,
+}
+
+/// The messages of a conversation before a turn (upstream shape, without
+/// the system prompt).
+#[derive(Debug, Clone)]
+pub enum Earlier {
+    /// None: the turn created the conversation.
+    None,
+    /// From the [`history::HistoryCache`].
+    Cached(Arc<Vec<RequestMessage>>),
+    /// Read from the database.
+    Load,
 }
 
 impl Generation {
@@ -123,7 +138,13 @@ impl Generation {
         active.increment(1.0);
         let mut rec = StepRecorder::started();
         let mut usage = UsageTotals::default();
-        let result = self.run_loop(&mut rec, &mut usage).await;
+        let (base, result) = match self.history().await {
+            Ok(base) => {
+                let result = self.run_loop(&base, &mut rec, &mut usage).await;
+                (Some(base), result)
+            }
+            Err(stop) => (None, Err(stop)),
+        };
         if let Err(stop) = &result {
             tracing::warn!(message_id = %reply.message_id, reason = ?stop, "reply stopped");
             if let Stop::Llm(e) = stop {
@@ -154,12 +175,22 @@ impl Generation {
                 .filter(|_| status == Status::Error)
                 .map(|e| json!({"code": e.code, "message": e.message})),
         };
+        // The reply as the next turn's history will read it back.
+        let next_history = base.map(|base| {
+            let row = HistoryRow {
+                role: Role::Assistant,
+                content: final_reply.content.clone(),
+                steps: final_reply.steps.to_string(),
+            };
+            (base, row)
+        });
         let stored = self
             .deps
             .store
             .writer()
             .finish(reply.message_id, &self.settings.model, final_reply)
             .await;
+        let stored_ok = stored.is_ok();
 
         let terminal = match (stored, error_event, finish_reason) {
             (Err(e), _, _) => {
@@ -182,6 +213,14 @@ impl Generation {
             _ => "error",
         };
         reply.push(terminal);
+        match next_history {
+            Some((mut messages, row)) if stored_ok => {
+                history::push_row(&mut messages, &row);
+                let count = self.earlier_count + 2;
+                self.deps.history.put(reply.conversation_id, count, messages);
+            }
+            _ => self.deps.history.remove(reply.conversation_id),
+        }
         active.decrement(1.0);
         metrics::counter!("chatd_replies_total", "outcome" => outcome).increment(1);
         metrics::histogram!("chatd_reply_duration_seconds").record(started.elapsed().as_secs_f64());
@@ -193,21 +232,39 @@ impl Generation {
         drop(self.guard);
     }
 
-    async fn run_loop(&self, rec: &mut StepRecorder, usage: &mut UsageTotals) -> Result<String, Stop> {
-        let system_prompt = self.settings.system_prompt.as_deref();
-        let mut messages = match &self.first_message {
-            Some(content) => history::first_turn(system_prompt, content),
-            None => {
+    /// The conversation's messages up to this turn's user message (upstream
+    /// shape, without the system prompt).
+    async fn history(&self) -> Result<Vec<RequestMessage>, Stop> {
+        let user = RequestMessage::User {
+            content: self.user_content.clone(),
+        };
+        Ok(match &self.earlier {
+            Earlier::None => vec![user],
+            Earlier::Cached(earlier) => {
+                let mut all = Vec::with_capacity(earlier.len() + 1);
+                all.extend_from_slice(earlier);
+                all.push(user);
+                all
+            }
+            Earlier::Load => {
                 let rows = self
                     .deps
                     .store
-                    .messages(self.reply.conversation_id)
+                    .history(self.reply.conversation_id, self.reply.message_id)
                     .await
                     .map_err(|e| Stop::Internal(format!("could not load the conversation: {e}")))?;
-                let rows: Vec<_> = rows.into_iter().filter(|r| r.id != self.reply.message_id).collect();
-                history::build(system_prompt, &rows)
+                history::from_rows(&rows)
             }
-        };
+        })
+    }
+
+    async fn run_loop(
+        &self,
+        base: &[RequestMessage],
+        rec: &mut StepRecorder,
+        usage: &mut UsageTotals,
+    ) -> Result<String, Stop> {
+        let mut messages = history::with_system(self.settings.system_prompt.as_deref(), base);
         let max_rounds = self.deps.config.chat.max_iterations;
         let tools = self.tool_definitions();
 

@@ -9,12 +9,15 @@
 //! result (the reply was interrupted) gets an error result, so the history
 //! stays valid for strict providers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use uuid::Uuid;
 
 use super::events::StepKind;
 use super::steps::StoredStep;
 use crate::llm::{FunctionCall, RequestMessage, ToolCall};
-use crate::store::{MessageRow, Role};
+use crate::store::{HistoryRow, Role};
 
 /// Text sent as the result of a call whose result was never stored.
 const MISSING_RESULT: &str = "Error: this tool call did not complete (the reply was interrupted).";
@@ -27,42 +30,117 @@ struct Round {
     results: Vec<(String, String)>,
 }
 
-/// The upstream messages for `rows` (oldest first), after the system prompt.
-pub fn build(system_prompt: Option<&str>, rows: &[MessageRow]) -> Vec<RequestMessage> {
-    let mut out = Vec::with_capacity(rows.len() + 1);
-    push_system(&mut out, system_prompt);
+/// The upstream messages for stored `rows` (oldest first), without the
+/// system prompt.
+pub fn from_rows(rows: &[HistoryRow]) -> Vec<RequestMessage> {
+    let mut out = Vec::with_capacity(rows.len());
     for row in rows {
-        match row.role {
-            Role::User => out.push(RequestMessage::User {
-                content: row.content.clone(),
-            }),
-            Role::Assistant => push_reply(&mut out, row),
-        }
+        push_row(&mut out, row);
     }
     out
 }
 
-/// The upstream messages of a conversation's first turn: the system prompt
-/// and the user's `message`; what [`build`] gives for its one stored row.
-pub fn first_turn(system_prompt: Option<&str>, message: &str) -> Vec<RequestMessage> {
-    let mut out = Vec::with_capacity(2);
-    push_system(&mut out, system_prompt);
-    out.push(RequestMessage::User {
-        content: message.to_string(),
-    });
-    out
+/// Appends the upstream messages of one stored row.
+pub fn push_row(out: &mut Vec<RequestMessage>, row: &HistoryRow) {
+    match row.role {
+        Role::User => out.push(RequestMessage::User {
+            content: row.content.clone(),
+        }),
+        Role::Assistant => push_reply(out, row),
+    }
 }
 
-fn push_system(out: &mut Vec<RequestMessage>, system_prompt: Option<&str>) {
+/// The system prompt (if any, and not blank) followed by `messages`.
+pub fn with_system(system_prompt: Option<&str>, messages: &[RequestMessage]) -> Vec<RequestMessage> {
+    let mut out = Vec::with_capacity(messages.len() + 1);
     if let Some(prompt) = system_prompt.filter(|p| !p.trim().is_empty()) {
         out.push(RequestMessage::System {
             content: prompt.to_string(),
         });
     }
+    out.extend_from_slice(messages);
+    out
 }
 
-fn push_reply(out: &mut Vec<RequestMessage>, row: &MessageRow) {
-    let steps: Vec<StoredStep> = serde_json::from_value(row.steps.clone()).unwrap_or_default();
+/// Conversations whose history is kept, at most.
+const CACHED_CONVERSATIONS: usize = 256;
+
+/// The upstream history (without the system prompt) of recently active
+/// conversations, so that a turn in a long conversation neither reads nor
+/// rebuilds every earlier message: with 1,000 earlier messages that was
+/// 2.7 ms before the request could go upstream.
+///
+/// An entry is the history after a reply was stored, built by the same
+/// [`push_row`] from the same content and steps that were written, and the
+/// conversation's number of messages then. A turn uses it only when the
+/// conversation still has exactly that many messages before the new one;
+/// anything else (a restart, a failed write, another writer) falls back to
+/// the database. The least recently used entry goes first.
+#[derive(Debug, Default)]
+pub struct HistoryCache {
+    inner: Mutex<Entries>,
+}
+
+#[derive(Debug, Default)]
+struct Entries {
+    map: HashMap<Uuid, CachedHistory>,
+    /// Counts uses; an entry's `used` is the count at its last use.
+    clock: u64,
+}
+
+#[derive(Debug)]
+struct CachedHistory {
+    messages: Arc<Vec<RequestMessage>>,
+    /// The conversation's number of stored messages these are built from.
+    count: u64,
+    used: u64,
+}
+
+impl HistoryCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The history of `conversation` if it was built from exactly `count`
+    /// stored messages.
+    pub fn get(&self, conversation: Uuid, count: u64) -> Option<Arc<Vec<RequestMessage>>> {
+        let mut inner = self.lock();
+        inner.clock += 1;
+        let now = inner.clock;
+        let entry = inner.map.get_mut(&conversation).filter(|e| e.count == count)?;
+        entry.used = now;
+        Some(entry.messages.clone())
+    }
+
+    /// Keeps `messages`, built from `count` stored messages of `conversation`.
+    pub fn put(&self, conversation: Uuid, count: u64, messages: Vec<RequestMessage>) {
+        let mut inner = self.lock();
+        if inner.map.len() >= CACHED_CONVERSATIONS
+            && !inner.map.contains_key(&conversation)
+            && let Some(oldest) = inner.map.iter().min_by_key(|(_, e)| e.used).map(|(id, _)| *id)
+        {
+            inner.map.remove(&oldest);
+        }
+        inner.clock += 1;
+        let used = inner.clock;
+        inner.map.insert(
+            conversation,
+            CachedHistory {
+                messages: Arc::new(messages),
+                count,
+                used,
+            },
+        );
+    }
+
+    /// Forgets `conversation`.
+    pub fn remove(&self, conversation: Uuid) {
+        self.lock().map.remove(&conversation);
+    }
+}
+
+fn push_reply(out: &mut Vec<RequestMessage>, row: &HistoryRow) {
+    let steps: Vec<StoredStep> = serde_json::from_str(&row.steps).unwrap_or_default();
     if steps.is_empty() {
         if !row.content.is_empty() {
             out.push(RequestMessage::Assistant {
@@ -121,5 +199,67 @@ fn push_reply(out: &mut Vec<RequestMessage>, row: &MessageRow) {
                 content,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(text: &str) -> RequestMessage {
+        RequestMessage::User { content: text.into() }
+    }
+
+    #[test]
+    fn the_cache_answers_only_for_the_same_message_count_and_evicts_the_least_recently_used() {
+        let cache = HistoryCache::default();
+        let a = Uuid::now_v7();
+        cache.put(a, 2, vec![user("hi"), user("there")]);
+        assert_eq!(cache.get(a, 2).map(|m| m.len()), Some(2));
+        assert!(cache.get(a, 4).is_none(), "another count: the database has changed");
+        cache.remove(a);
+        assert!(cache.get(a, 2).is_none());
+
+        let ids: Vec<Uuid> = (0..CACHED_CONVERSATIONS).map(|_| Uuid::now_v7()).collect();
+        for id in &ids {
+            cache.put(*id, 2, vec![user("x")]);
+        }
+        assert!(cache.get(ids[0], 2).is_some(), "used: now the most recent");
+        cache.put(Uuid::now_v7(), 2, vec![user("new")]);
+        assert!(cache.get(ids[1], 2).is_none(), "the least recently used went");
+        assert!(cache.get(ids[0], 2).is_some());
+        assert!(cache.get(ids[2], 2).is_some());
+    }
+
+    #[test]
+    fn rows_become_upstream_messages_with_tool_rounds() {
+        let steps = r#"[{"round":0,"id":"s0","index":0,"type":"tool_call","id_ref":"c1","name":"calculator","arguments":"{}"},
+                        {"round":0,"id":"s1","index":1,"type":"tool_result","id_ref":"c1","name":"calculator","content":"42","success":true,"duration_ms":1},
+                        {"round":1,"id":"s2","index":2,"type":"text","content":"It is 42."}]"#;
+        let rows = vec![
+            HistoryRow {
+                role: Role::User,
+                content: "6*7?".into(),
+                steps: "[]".into(),
+            },
+            HistoryRow {
+                role: Role::Assistant,
+                content: "It is 42.".into(),
+                steps: steps.into(),
+            },
+        ];
+        let out = with_system(Some("Be brief."), &from_rows(&rows));
+        let json = serde_json::to_value(&out).expect("serializes");
+        assert_eq!(
+            json,
+            serde_json::json!([
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "6*7?"},
+                {"role": "assistant", "content": "", "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "calculator", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "42"},
+                {"role": "assistant", "content": "It is 42."}
+            ])
+        );
     }
 }

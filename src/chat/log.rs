@@ -20,12 +20,15 @@ use super::events::ChatEvent;
 use crate::config::OnDisconnect;
 use crate::store::Writer;
 
-/// One event with its position (`seq`, 1-based within the reply) and its
-/// JSON `data`, serialized once.
+/// One event with its position (`seq`, 1-based within the reply), its SSE
+/// name and its JSON `data`, serialized once. Only the JSON is kept: a
+/// reply's log is what a 20,000-token reply or 10,000 streams hold in
+/// memory, and keeping the typed event beside it doubled that.
 #[derive(Debug)]
 pub struct LoggedEvent {
     pub seq: u64,
-    pub event: ChatEvent,
+    /// `start`, `process_step`, `sources`, `done` or `error`.
+    pub name: &'static str,
     pub data: Arc<str>,
 }
 
@@ -38,9 +41,20 @@ impl LoggedEvent {
         });
         Self {
             seq,
-            event,
+            name: event.name(),
             data: data.into(),
         }
+    }
+
+    /// Whether this is the last event of a reply (`done` or `error`).
+    pub fn is_terminal(&self) -> bool {
+        matches!(self.name, "done" | "error")
+    }
+
+    /// The typed event, parsed back from its JSON (`None` if it does not
+    /// parse, which an event chatd serialized always does).
+    pub fn event(&self) -> Option<ChatEvent> {
+        ChatEvent::from_parts(self.name, &self.data)
     }
 }
 
@@ -172,7 +186,7 @@ impl Reply {
     /// The terminal event, once appended.
     pub fn terminal(&self) -> Option<Arc<LoggedEvent>> {
         let state = self.state();
-        state.events.last().filter(|e| e.event.is_terminal()).cloned()
+        state.events.last().filter(|e| e.is_terminal()).cloned()
     }
 
     /// Waits until the terminal event is appended.
@@ -198,13 +212,13 @@ impl Reply {
             if state.finished {
                 return 0;
             }
-            state.finished = event.is_terminal();
             let logged = Arc::new(LoggedEvent::new(state.events.len() as u64 + 1, event));
+            state.finished = logged.is_terminal();
             state.events.push(logged.clone());
             logged
         };
         if let Some(sink) = &self.sink {
-            sink.event(self.message_id, logged.seq, logged.event.name(), logged.data.clone());
+            sink.event(self.message_id, logged.seq, logged.name, logged.data.clone());
         }
         self.len.send_replace(logged.seq as usize);
         logged.seq

@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::llm::{Providers, Route, RouteError};
 use crate::store::{Conversation, NewConversation, NewTurn, Store, StoreError};
 use crate::tools::{ToolInfo, ToolRegistry};
-use generation::Generation;
+use generation::{Earlier, Generation};
 use log::{Reply, ReplyRegistry};
 
 /// Errors before a reply starts (after that, failures are `error` events).
@@ -67,6 +67,8 @@ pub struct Deps {
     pub config: Arc<Config>,
     /// `config.tools`, shared with every tool call.
     pub tools_config: Arc<crate::config::ToolsConfig>,
+    /// The upstream history of recently active conversations.
+    pub history: history::HistoryCache,
 }
 
 /// Per-conversation settings a request may set or override. `None` means
@@ -214,6 +216,7 @@ impl ChatService {
                 tools,
                 tools_config: Arc::new(config.tools.clone()),
                 config,
+                history: history::HistoryCache::default(),
             }),
             replies: Arc::new(ReplyRegistry::default()),
             draining: std::sync::atomic::AtomicBool::new(false),
@@ -289,12 +292,12 @@ impl ChatService {
         if let Some(project) = &input.project_id {
             validate_project_id(project)?;
         }
-        let (conversation, create) = match input.conversation_id {
+        let (conversation, create, earlier, earlier_count) = match input.conversation_id {
             Some(id) => {
-                let c = self
+                let (c, count) = self
                     .deps
                     .store
-                    .conversation(id)
+                    .conversation_for_turn(id)
                     .await?
                     .ok_or(ChatError::ConversationNotFound(id))?;
                 if input.project_id.is_some() && input.project_id != c.project_id {
@@ -303,10 +306,14 @@ impl ChatService {
                     ));
                 }
                 let limit = config.limits.max_conversation_messages;
-                if self.deps.store.message_count(id).await? + 2 > u64::from(limit) {
+                if count + 2 > u64::from(limit) {
                     return Err(ChatError::ConversationTooLong { limit });
                 }
-                (c, false)
+                let earlier = match self.deps.history.get(id, count) {
+                    Some(cached) => Earlier::Cached(cached),
+                    None => Earlier::Load,
+                };
+                (c, false, earlier, count)
             }
             None => {
                 let s = &input.settings;
@@ -320,7 +327,7 @@ impl ChatService {
                     max_tokens: s.max_tokens,
                     thinking: s.thinking,
                 };
-                (new.into_conversation(), true)
+                (new.into_conversation(), true, Earlier::None, 0)
             }
         };
         let (settings, route) = self.effective(&conversation, &input.settings)?;
@@ -367,7 +374,9 @@ impl ChatService {
             enabled_tools: Arc::new(enabled),
             tool_choice: input.tool_choice.as_ref().map(ToolChoice::to_json),
             suggested_title: if create { conversation.title.clone() } else { None },
-            first_message: create.then(|| turn.user_content.clone()),
+            user_content: turn.user_content.clone(),
+            earlier,
+            earlier_count,
         };
         let registry = self.replies.clone();
         let finished = reply.clone();

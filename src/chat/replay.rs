@@ -27,11 +27,11 @@ pub async fn from_store(store: &Store, message: &MessageRow) -> Result<Vec<Arc<L
             };
             events.push(Arc::new(LoggedEvent {
                 seq,
-                event,
+                name: event.name(),
                 data: data.into(),
             }));
         }
-        if !events.last().is_some_and(|e| e.event.is_terminal()) {
+        if !events.last().is_some_and(|e| e.is_terminal()) {
             events.push(Arc::new(LoggedEvent::new(events.len() as u64 + 1, terminal(message))));
         }
         return Ok(events);

@@ -52,12 +52,12 @@ pub fn sse_response(reply: &Arc<Reply>, after: u64, mode: StreamMode, config: &C
     let frames = reply.subscribe(start).filter_map(move |logged| {
         let data = match mode {
             StreamMode::Delta => None,
-            StreamMode::Accumulated => accumulate(&mut so_far, &logged.event),
+            StreamMode::Accumulated => logged.event().and_then(|event| accumulate(&mut so_far, &event)),
         };
         let frame = (logged.seq > after).then(|| {
             Event::default()
                 .id(logged.seq.to_string())
-                .event(logged.event.name())
+                .event(logged.name)
                 .data(data.as_deref().unwrap_or(&logged.data))
         });
         std::future::ready(frame.map(Ok::<_, Infallible>))

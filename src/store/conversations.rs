@@ -175,6 +175,24 @@ impl Store {
         row.as_ref().map(Conversation::from_row).transpose()
     }
 
+    /// The conversation with `id` and its number of messages, in one query
+    /// (what a new turn checks first), or `None`.
+    pub async fn conversation_for_turn(&self, id: Uuid) -> Result<Option<(Conversation, u64)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT c.*, (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id) AS message_count \
+             FROM conversations c WHERE c.id = ?",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref()
+            .map(|row| {
+                let count: i64 = row.try_get("message_count")?;
+                Ok((Conversation::from_row(row)?, u64::try_from(count).unwrap_or(0)))
+            })
+            .transpose()
+    }
+
     /// Up to `limit` conversations, most recently updated first. With
     /// `before`, only those that sort after that conversation (the next page).
     /// Returns `Ok(None)` when `before` names no conversation.

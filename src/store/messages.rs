@@ -142,6 +142,16 @@ impl MessageRow {
     }
 }
 
+/// What the upstream history needs of a stored message.
+#[derive(Debug, Clone)]
+pub struct HistoryRow {
+    pub role: Role,
+    pub content: String,
+    /// The steps column: a JSON array text (see the chat module's
+    /// `StoredStep`).
+    pub steps: String,
+}
+
 /// The start of a turn: the user's message and the (empty) reply row.
 #[derive(Debug, Clone)]
 pub struct NewTurn {
@@ -187,36 +197,46 @@ pub(super) async fn write_final(
         "completion_tokens": reply.completion_tokens,
         "total_tokens": reply.prompt_tokens + reply.completion_tokens,
     });
-    sqlx::query(
-        "UPDATE messages SET status = ?, content = ?, reasoning = ?, steps = ?, tool_calls = ?, sources = ?, \
-         usage = ?, finish_reason = ?, error = ?, updated_at = ? WHERE id = ?",
-    )
-    .bind(reply.status.as_str())
-    .bind(&reply.content)
-    .bind(&reply.reasoning)
-    .bind(reply.steps.to_string())
-    .bind(reply.tool_calls.as_ref().map(Value::to_string))
-    .bind(reply.sources.as_ref().map(Value::to_string))
-    .bind(usage.to_string())
-    .bind(&reply.finish_reason)
-    .bind(reply.error.as_ref().map(Value::to_string))
-    .bind(now)
-    .bind(message_id.to_string())
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "UPDATE conversations SET updated_at = max(updated_at, ?) \
-         WHERE id = (SELECT conversation_id FROM messages WHERE id = ?)",
-    )
-    .bind(now)
-    .bind(message_id.to_string())
-    .execute(&mut *tx)
-    .await?;
-    if reply.prompt_tokens + reply.completion_tokens > 0 {
-        usage::add(&mut *tx, model, reply.prompt_tokens, reply.completion_tokens).await?;
-    }
+    // One statement string, one round trip to the connection's thread
+    // (sqlx binds each statement's parameters in order).
+    let counted = reply.prompt_tokens + reply.completion_tokens > 0;
+    let query = sqlx::query(if counted { FINAL_COUNTED } else { FINAL });
+    let query = query
+        .bind(reply.status.as_str())
+        .bind(&reply.content)
+        .bind(&reply.reasoning)
+        .bind(reply.steps.to_string())
+        .bind(reply.tool_calls.as_ref().map(Value::to_string))
+        .bind(reply.sources.as_ref().map(Value::to_string))
+        .bind(usage.to_string())
+        .bind(&reply.finish_reason)
+        .bind(reply.error.as_ref().map(Value::to_string))
+        .bind(now)
+        .bind(message_id.to_string())
+        .bind(now)
+        .bind(message_id.to_string());
+    let query = if counted {
+        usage::bind_add(query, model, reply.prompt_tokens, reply.completion_tokens)
+    } else {
+        query
+    };
+    query.execute(&mut *tx).await?;
     Ok(())
 }
+
+macro_rules! final_sql {
+    () => {
+        "UPDATE messages SET status = ?, content = ?, reasoning = ?, steps = ?, tool_calls = ?, sources = ?, \
+         usage = ?, finish_reason = ?, error = ?, updated_at = ? WHERE id = ?; \
+         UPDATE conversations SET updated_at = max(updated_at, ?) \
+         WHERE id = (SELECT conversation_id FROM messages WHERE id = ?);"
+    };
+}
+
+/// A reply's final state and its conversation's `updated_at`.
+const FINAL: &str = final_sql!();
+/// [`FINAL`] and the tokens added to the usage ledger.
+const FINAL_COUNTED: &str = concat!(final_sql!(), usage::add_sql!());
 
 /// Writes a turn inside the writer's transaction: the conversation (created,
 /// or its `updated_at` touched), the user message and the empty `streaming`
@@ -289,13 +309,29 @@ impl Store {
         rows.iter().map(MessageRow::from_row).collect()
     }
 
-    /// Number of messages in a conversation.
-    pub async fn message_count(&self, conversation_id: Uuid) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM messages WHERE conversation_id = ?")
-            .bind(conversation_id.to_string())
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(u64::try_from(n).unwrap_or(0))
+    /// A conversation's messages, oldest first, but `except` (the reply
+    /// being generated), with only what the upstream history needs: four
+    /// columns and no JSON parsed here. A 1,000-message conversation loads
+    /// several times faster than through [`Store::messages`].
+    pub async fn history(&self, conversation_id: Uuid, except: Uuid) -> Result<Vec<HistoryRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT role, content, steps FROM messages WHERE conversation_id = ? AND id != ? \
+             ORDER BY created_at, rowid",
+        )
+        .bind(conversation_id.to_string())
+        .bind(except.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let role: String = row.try_get("role")?;
+                Ok(HistoryRow {
+                    role: Role::parse(&role)?,
+                    content: row.try_get("content")?,
+                    steps: row.try_get("steps")?,
+                })
+            })
+            .collect()
     }
 
     /// One message, or `None`.

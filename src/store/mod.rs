@@ -18,7 +18,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 pub use conversations::{Conversation, ConversationPatch, NewConversation};
 pub use documents::{DocumentHit, FileStamp, IndexedFile};
-pub use messages::{FinalReply, MessageRow, NewTurn, Role, Status};
+pub use messages::{FinalReply, HistoryRow, MessageRow, NewTurn, Role, Status};
 pub use usage::UsageRow;
 pub use writer::Writer;
 
@@ -71,9 +71,10 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
+        // No checkpoint inside a commit: see `spawn_checkpoints`.
         let write = SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_with(options.clone())
+            .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
             .await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(READ_CONNECTIONS)
@@ -82,6 +83,7 @@ impl Store {
         let writer = Writer::spawn(write.clone());
         let store = Self { pool, write, writer };
         store.migrate().await?;
+        spawn_checkpoints(store.pool.clone());
         Ok(store)
     }
 
@@ -106,6 +108,28 @@ impl Store {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
+}
+
+/// How often the WAL is checkpointed into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// Checkpoints the WAL every [`CHECKPOINT_EVERY`] from a read connection, in
+/// `PASSIVE` mode (it never blocks the writer or readers). By default SQLite
+/// checkpoints inside whichever commit takes the WAL past 1,000 pages,
+/// fsync included: that commit, and every new chat queued behind it, took
+/// 5 to 10 ms longer. The write connection has auto-checkpoints off.
+fn spawn_checkpoints(pool: SqlitePool) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(CHECKPOINT_EVERY).await;
+            if pool.is_closed() {
+                return;
+            }
+            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool).await {
+                tracing::warn!(error = %e, "WAL checkpoint failed");
+            }
+        }
+    });
 }
 
 /// Current time as Unix epoch milliseconds.
