@@ -1027,3 +1027,32 @@ async fn the_turn_is_committed_before_the_upstream_is_called() {
     assert_eq!((journal.as_str(), synchronous, foreign_keys), ("wal", 1, 1));
     assert!(busy >= 1000, "busy_timeout {busy} ms");
 }
+
+#[tokio::test]
+async fn the_next_message_sent_as_soon_as_done_arrives_is_accepted() {
+    let upstream = MockUpstream::start().await;
+    let turns = 30;
+    for i in 0..turns {
+        upstream.push(mock::text_reply(&[&format!("r{i}")], 1, 1));
+    }
+    let app = TestApp::start(&upstream.base_url).await;
+    let (first, _) = run(&app, json!({"message": "turn 0"})).await;
+    let conversation_id = first[0].data["conversation_id"].clone();
+    // `chat` asserts a 200: a reply still registered as running after its
+    // `done` would make the next POST a 409 conversation_busy.
+    for i in 1..turns {
+        let (events, _) = run(
+            &app,
+            json!({"message": format!("turn {i}"), "conversation_id": conversation_id}),
+        )
+        .await;
+        assert_eq!(events.last().map(|e| e.event.as_str()), Some("done"), "turn {i}");
+    }
+    let (_, messages) = app
+        .get(&format!(
+            "/api/conversations/{}/messages",
+            conversation_id.as_str().unwrap_or_default()
+        ))
+        .await;
+    assert_eq!(messages["messages"].as_array().map(Vec::len), Some(2 * turns));
+}

@@ -17,7 +17,7 @@ use super::assemble::ToolCallAssembler;
 use super::events::{ChatEvent, DoneEvent, ErrorEvent, StartEvent, UsageTotals};
 use super::history;
 use super::log::Decision;
-use super::log::Reply;
+use super::log::{Reply, ReplyRegistry};
 use super::steps::StepRecorder;
 use super::think::{Piece, ThinkSplitter};
 use super::{Deps, Settings};
@@ -91,6 +91,8 @@ struct Round {
 pub(super) struct Generation {
     pub deps: Arc<Deps>,
     pub reply: Arc<Reply>,
+    /// Where the reply is registered as its conversation's running one.
+    pub replies: Arc<ReplyRegistry>,
     pub user_message_id: Uuid,
     pub settings: Settings,
     /// The providers that may serve this reply, in order.
@@ -212,7 +214,6 @@ impl Generation {
             ChatEvent::Error(e) if e.code == "interrupted" => "interrupted",
             _ => "error",
         };
-        reply.push(terminal);
         match next_history {
             Some((mut messages, row)) if stored_ok => {
                 history::push_row(&mut messages, &row);
@@ -221,6 +222,11 @@ impl Generation {
             }
             _ => self.deps.history.remove(reply.conversation_id),
         }
+        // Before the terminal event: a client that sends the next message as
+        // soon as it sees `done` must not find this reply still running
+        // (409 conversation_busy).
+        self.replies.finished(&reply);
+        reply.push(terminal);
         active.decrement(1.0);
         metrics::counter!("chatd_replies_total", "outcome" => outcome).increment(1);
         metrics::histogram!("chatd_reply_duration_seconds").record(started.elapsed().as_secs_f64());

@@ -366,6 +366,7 @@ impl ChatService {
         let generation = Generation {
             deps: self.deps.clone(),
             reply: reply.clone(),
+            replies: self.replies.clone(),
             user_message_id: turn.user_message_id,
             settings,
             route,
