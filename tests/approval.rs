@@ -4,15 +4,13 @@ mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use chatd::tools::{Approval, Source, Tool, ToolContext, ToolError, ToolOutput, ToolRegistry};
-use eventsource_stream::Eventsource;
+use futures::FutureExt;
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
 use serde_json::{Value, json};
 use support::mock::{self, MockUpstream};
-use support::{SseEvent, TestApp};
+use support::{SseEvent, TestApp, events_of, next, rest};
 
 /// A tool with a side effect: counts its runs; asks for approval.
 struct Launch(Arc<AtomicUsize>);
@@ -75,35 +73,6 @@ async fn app(upstream: &MockUpstream, runs: Arc<AtomicUsize>, timeout_ms: u64) -
     tools.register(Arc::new(Launch(runs))).expect("register");
     tools.register(Arc::new(Cite)).expect("register");
     TestApp::start_with(&upstream.base_url, |c| c.tools.approval_timeout_ms = timeout_ms, tools).await
-}
-
-fn events_of(response: reqwest::Response) -> impl futures::Stream<Item = SseEvent> + Unpin {
-    Box::pin(response.bytes_stream().eventsource().map(|e| {
-        let e = e.expect("SSE");
-        SseEvent {
-            id: e.id,
-            event: e.event,
-            data: serde_json::from_str(&e.data).expect("JSON"),
-        }
-    }))
-}
-
-async fn next(stream: &mut (impl futures::Stream<Item = SseEvent> + Unpin)) -> SseEvent {
-    tokio::time::timeout(Duration::from_secs(10), stream.next())
-        .await
-        .expect("in time")
-        .expect("event")
-}
-
-async fn rest(stream: &mut (impl futures::Stream<Item = SseEvent> + Unpin)) -> Vec<SseEvent> {
-    let mut out = Vec::new();
-    while let Some(e) = tokio::time::timeout(Duration::from_secs(10), stream.next())
-        .await
-        .expect("ends")
-    {
-        out.push(e);
-    }
-    out
 }
 
 async fn approve(app: &TestApp, message_id: &str, body: Value) -> (u16, Value) {

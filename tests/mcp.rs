@@ -22,11 +22,10 @@ use chatd::llm::{FunctionCall, ToolCall};
 use chatd::tools::executor::{Limits, ToolOutcome, run_calls};
 use chatd::tools::mcp::{McpManager, McpOptions, RmcpConnector, start_mcp};
 use chatd::tools::{Approval, SourceStatus, ToolContext, ToolRegistry};
-use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use support::mock::{self, MockUpstream};
-use support::{SseEvent, TestApp};
+use support::{TestApp, events_of, next};
 
 const SERVERS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp-servers");
 
@@ -134,24 +133,6 @@ async fn run(registry: &Arc<ToolRegistry>, name: &str, arguments: Value) -> Tool
         limits,
     ));
     outcomes.next().await.map(|(_, o)| o).expect("one outcome")
-}
-
-fn events_of(response: reqwest::Response) -> impl futures::Stream<Item = SseEvent> + Unpin {
-    Box::pin(response.bytes_stream().eventsource().map(|e| {
-        let e = e.expect("SSE");
-        SseEvent {
-            id: e.id,
-            event: e.event,
-            data: serde_json::from_str(&e.data).expect("JSON"),
-        }
-    }))
-}
-
-async fn next(stream: &mut (impl futures::Stream<Item = SseEvent> + Unpin)) -> SseEvent {
-    tokio::time::timeout(Duration::from_secs(20), stream.next())
-        .await
-        .expect("an event in time")
-        .expect("an event")
 }
 
 /// A directory for the filesystem server, with one file.

@@ -12,7 +12,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use support::mock::{self, MockResponse, MockUpstream};
-use support::{SseEvent, TestApp, read_events};
+use support::{SseEvent, TestApp, events_of, next, read_events, rest};
 
 fn slow_text(pieces: usize, delay_ms: u64) -> MockResponse {
     let mut chunks: Vec<Value> = (0..pieces).map(|i| mock::content(&format!("w{i} "))).collect();
@@ -204,40 +204,6 @@ async fn resume_errors_are_json() {
     assert_eq!(r.status(), 400);
     let body: Value = r.json().await.expect("json");
     assert_eq!(body["error"]["code"], "invalid_request");
-}
-
-/// An SSE stream read event by event.
-fn events_of(response: reqwest::Response) -> impl futures::Stream<Item = SseEvent> + Unpin {
-    use eventsource_stream::Eventsource;
-    use futures::StreamExt;
-    Box::pin(response.bytes_stream().eventsource().map(|e| {
-        let e = e.expect("SSE");
-        SseEvent {
-            id: e.id,
-            event: e.event,
-            data: serde_json::from_str(&e.data).expect("JSON data"),
-        }
-    }))
-}
-
-async fn next(stream: &mut (impl futures::Stream<Item = SseEvent> + Unpin)) -> SseEvent {
-    use futures::StreamExt;
-    tokio::time::timeout(Duration::from_secs(10), stream.next())
-        .await
-        .expect("event in time")
-        .expect("an event")
-}
-
-async fn rest(stream: &mut (impl futures::Stream<Item = SseEvent> + Unpin)) -> Vec<SseEvent> {
-    use futures::StreamExt;
-    let mut out = Vec::new();
-    while let Some(e) = tokio::time::timeout(Duration::from_secs(10), stream.next())
-        .await
-        .expect("stream ends")
-    {
-        out.push(e);
-    }
-    out
 }
 
 async fn cancel(app: &TestApp, id: &str) -> (u16, Value) {

@@ -197,6 +197,39 @@ pub async fn read_events(response: reqwest::Response, max: usize) -> Vec<SseEven
     out
 }
 
+/// A live SSE stream read event by event (with [`next`] and [`rest`]).
+pub fn events_of(response: reqwest::Response) -> impl futures::Stream<Item = SseEvent> + Unpin {
+    Box::pin(response.bytes_stream().eventsource().map(|e| {
+        let e = e.expect("SSE parse");
+        SseEvent {
+            id: e.id,
+            event: e.event,
+            data: serde_json::from_str(&e.data).expect("event data is JSON"),
+        }
+    }))
+}
+
+/// The next event of a live stream (20 s limit).
+pub async fn next(stream: &mut (impl futures::Stream<Item = SseEvent> + Unpin)) -> SseEvent {
+    tokio::time::timeout(Duration::from_secs(20), stream.next())
+        .await
+        .expect("an event in time")
+        .expect("an event")
+}
+
+/// Every remaining event of a live stream, until it ends (20 s limit per
+/// event).
+pub async fn rest(stream: &mut (impl futures::Stream<Item = SseEvent> + Unpin)) -> Vec<SseEvent> {
+    let mut out = Vec::new();
+    while let Some(e) = tokio::time::timeout(Duration::from_secs(20), stream.next())
+        .await
+        .expect("the stream ends in time")
+    {
+        out.push(e);
+    }
+    out
+}
+
 /// The events as (name, data) pairs with the ids checked to count 1, 2, 3...
 pub fn checked(events: &[SseEvent]) -> Vec<(String, Value)> {
     for (i, e) in events.iter().enumerate() {
