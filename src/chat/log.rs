@@ -3,16 +3,18 @@
 //! A reply's generation task appends events; any number of subscribers read
 //! them from any position and then follow live, each at its own pace. The
 //! generation never waits for a subscriber, and a subscriber that goes away
-//! costs the generation nothing. Events are serialized to JSON once, when
-//! appended.
+//! costs the generation nothing. Events are serialized once, when appended,
+//! straight into their Server-Sent Events frame: every subscriber, the
+//! database writer and a replay share those bytes.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::Stream;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -21,29 +23,82 @@ use crate::config::OnDisconnect;
 use crate::store::Writer;
 
 /// One event with its position (`seq`, 1-based within the reply), its SSE
-/// name and its JSON `data`, serialized once. Only the JSON is kept: a
-/// reply's log is what a 20,000-token reply or 10,000 streams hold in
+/// name and its JSON data, serialized once into its SSE frame
+/// (`id: <seq>\nevent: <name>\ndata: <JSON>\n\n`). Only the frame is kept:
+/// a reply's log is what a 20,000-token reply or 10,000 streams hold in
 /// memory, and keeping the typed event beside it doubled that.
 #[derive(Debug)]
 pub struct LoggedEvent {
     pub seq: u64,
     /// `start`, `process_step`, `sources`, `done` or `error`.
     pub name: &'static str,
-    pub data: Arc<str>,
+    frame: Bytes,
+    /// Where the JSON data is in `frame` (bytes).
+    data_start: u32,
+    data_end: u32,
 }
 
 impl LoggedEvent {
     /// Serializes `event` at position `seq`.
     pub fn new(seq: u64, event: ChatEvent) -> Self {
-        let data = serde_json::to_string(&event).unwrap_or_else(|e| {
+        let name = event.name();
+        let mut frame = frame_head(seq, name, 160);
+        let data_start = frame.len();
+        if let Err(e) = serde_json::to_writer(&mut frame, &event) {
             tracing::error!(error = %e, "event did not serialize");
-            "{}".to_string()
-        });
+            frame.truncate(data_start);
+            frame.extend_from_slice(b"{}");
+        }
+        Self::finish(seq, name, frame, data_start)
+    }
+
+    /// The event `name` at `seq` with `data`, JSON serialized earlier (read
+    /// back from the database, or rewritten for a subscriber). SSE data
+    /// cannot hold a line break; chatd's JSON never has one, and one that
+    /// somehow did is sent as JSON's escaped `\n`.
+    pub fn from_json(seq: u64, name: &'static str, data: &str) -> Self {
+        let mut frame = frame_head(seq, name, data.len());
+        let data_start = frame.len();
+        for (i, part) in data.split('\n').enumerate() {
+            if i > 0 {
+                frame.extend_from_slice(b"\\n");
+            }
+            frame.extend_from_slice(part.trim_end_matches('\r').as_bytes());
+        }
+        Self::finish(seq, name, frame, data_start)
+    }
+
+    fn finish(seq: u64, name: &'static str, mut frame: Vec<u8>, data_start: usize) -> Self {
+        let data_end = frame.len();
+        frame.extend_from_slice(b"\n\n");
+        // Frames are far below 4 GiB (a request body is at most megabytes).
+        let to_u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         Self {
             seq,
-            name: event.name(),
-            data: data.into(),
+            name,
+            // Exact size: logs are held for minutes, and a boxed slice
+            // becomes `Bytes` without a separate reference-count block.
+            frame: Bytes::from(frame.into_boxed_slice()),
+            data_start: to_u32(data_start),
+            data_end: to_u32(data_end),
         }
+    }
+
+    /// The SSE frame, ready to write: `id:`, `event:` and `data:` lines and
+    /// the blank line that ends an event.
+    pub fn frame(&self) -> Bytes {
+        self.frame.clone()
+    }
+
+    /// The JSON data (a view of the frame, no copy).
+    pub fn data_bytes(&self) -> Bytes {
+        self.frame.slice(self.data_start as usize..self.data_end as usize)
+    }
+
+    /// The JSON data.
+    pub fn data(&self) -> &str {
+        // Written from a `&str` or by serde_json: always UTF-8.
+        std::str::from_utf8(&self.frame[self.data_start as usize..self.data_end as usize]).unwrap_or("{}")
     }
 
     /// Whether this is the last event of a reply (`done` or `error`).
@@ -54,8 +109,18 @@ impl LoggedEvent {
     /// The typed event, parsed back from its JSON (`None` if it does not
     /// parse, which an event chatd serialized always does).
     pub fn event(&self) -> Option<ChatEvent> {
-        ChatEvent::from_parts(self.name, &self.data)
+        ChatEvent::from_parts(self.name, self.data())
     }
+}
+
+/// `id: <seq>\nevent: <name>\ndata: ` in a buffer with room for `data_len`
+/// more bytes and the frame's end.
+fn frame_head(seq: u64, name: &str, data_len: usize) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut frame = Vec::with_capacity(32 + name.len() + data_len);
+    // Writing to a Vec cannot fail.
+    let _ = write!(frame, "id: {seq}\nevent: {name}\ndata: ");
+    frame
 }
 
 #[derive(Debug, Default)]
@@ -70,8 +135,8 @@ pub struct Reply {
     pub message_id: Uuid,
     pub conversation_id: Uuid,
     state: Mutex<LogState>,
-    /// Number of events appended; subscribers wait on changes.
-    len: watch::Sender<usize>,
+    /// Woken on every append; subscribers wait on it.
+    appended: Notify,
     /// Cancels the generation (upstream request and running tools).
     pub cancel: CancellationToken,
     subscribers: AtomicUsize,
@@ -108,7 +173,7 @@ impl Reply {
             message_id,
             conversation_id,
             state: Mutex::new(LogState::default()),
-            len: watch::Sender::new(0),
+            appended: Notify::new(),
             cancel: CancellationToken::new(),
             subscribers: AtomicUsize::new(0),
             on_disconnect,
@@ -175,7 +240,7 @@ impl Reply {
 
     /// Number of events so far.
     pub fn len(&self) -> u64 {
-        *self.len.borrow() as u64
+        self.state().events.len() as u64
     }
 
     /// Whether no event was appended yet.
@@ -191,11 +256,15 @@ impl Reply {
 
     /// Waits until the terminal event is appended.
     pub async fn finished(&self) {
-        let mut rx = self.len.subscribe();
-        while !self.is_finished() {
-            if rx.changed().await.is_err() {
+        loop {
+            // Registered before the check, so an append in between wakes it.
+            let appended = self.appended.notified();
+            tokio::pin!(appended);
+            appended.as_mut().enable();
+            if self.is_finished() {
                 return;
             }
+            appended.await;
         }
     }
 
@@ -218,9 +287,9 @@ impl Reply {
             logged
         };
         if let Some(sink) = &self.sink {
-            sink.event(self.message_id, logged.seq, logged.name, logged.data.clone());
+            sink.event(self.message_id, logged.seq, logged.name, logged.data_bytes());
         }
-        self.len.send_replace(logged.seq as usize);
+        self.appended.notify_waiters();
         logged.seq
     }
 
@@ -235,13 +304,18 @@ impl Reply {
     /// cancelled.
     pub fn subscribe(self: &Arc<Self>, after: u64) -> impl Stream<Item = Arc<LoggedEvent>> + Send + 'static {
         let guard = SubscriberGuard::new(self.clone());
-        let mut rx = self.len.subscribe();
         let mut next = usize::try_from(after).unwrap_or(usize::MAX);
         async_stream::stream! {
             let _guard = guard;
+            let reply = _guard.reply.clone();
             loop {
+                // Registered before reading, so an append while this
+                // subscriber yields (or in between) wakes it.
+                let appended = reply.appended.notified();
+                tokio::pin!(appended);
+                appended.as_mut().enable();
                 let (batch, finished) = {
-                    let state = _guard.reply.state();
+                    let state = reply.state();
                     let start = next.min(state.events.len());
                     (state.events[start..].to_vec(), state.finished)
                 };
@@ -249,9 +323,10 @@ impl Reply {
                 for event in batch {
                     yield event;
                 }
-                if finished || rx.changed().await.is_err() {
+                if finished {
                     break;
                 }
+                appended.await;
             }
         }
     }
@@ -362,6 +437,23 @@ mod tests {
             message: "x".into(),
             retryable: false,
         })
+    }
+
+    #[test]
+    fn events_are_rendered_once_as_their_sse_frame() {
+        let logged = LoggedEvent::new(7, error());
+        let data = r#"{"code":"internal","message":"x","retryable":false}"#;
+        assert_eq!(logged.data(), data);
+        assert_eq!(&logged.data_bytes()[..], data.as_bytes());
+        assert_eq!(
+            &logged.frame()[..],
+            format!("id: 7\nevent: error\ndata: {data}\n\n").as_bytes()
+        );
+        assert!(logged.is_terminal());
+        assert_eq!(logged.event(), Some(error()));
+        // Stored JSON with a raw line break still makes one `data:` line.
+        let odd = LoggedEvent::from_json(2, "process_step", "{\"a\":\r\n1}");
+        assert_eq!(&odd.frame()[..], b"id: 2\nevent: process_step\ndata: {\"a\":\\n1}\n\n");
     }
 
     #[tokio::test]

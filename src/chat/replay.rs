@@ -25,11 +25,7 @@ pub async fn from_store(store: &Store, message: &MessageRow) -> Result<Vec<Arc<L
                 tracing::warn!(message_id = %message.id, seq, "unreadable stored event; using a compact replay");
                 return compact(store, message).await;
             };
-            events.push(Arc::new(LoggedEvent {
-                seq,
-                name: event.name(),
-                data: data.into(),
-            }));
+            events.push(Arc::new(LoggedEvent::from_json(seq, event.name(), &data)));
         }
         if !events.last().is_some_and(|e| e.is_terminal()) {
             events.push(Arc::new(LoggedEvent::new(events.len() as u64 + 1, terminal(message))));

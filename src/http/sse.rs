@@ -1,23 +1,26 @@
 //! Frames a reply's event log as Server-Sent Events.
 //!
 //! Every event has `id:` (its 1-based position in the reply), `event:` (its
-//! name) and `data:` (its JSON). A keep-alive comment is sent at the
-//! configured interval; `X-Accel-Buffering: no` keeps nginx from buffering.
+//! name) and `data:` (its JSON). A keep-alive comment follows each
+//! configured interval without an event; `X-Accel-Buffering: no` keeps nginx
+//! from buffering.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::http::HeaderValue;
-use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::response::Response;
+use bytes::Bytes;
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::chat::events::{ChatEvent, StepKind};
-use crate::chat::log::Reply;
+use crate::chat::log::{LoggedEvent, Reply};
 use crate::config::ChatConfig;
 
 /// How thinking and text steps carry their text: `delta` (default) or
@@ -46,29 +49,61 @@ impl<'de> Deserialize<'de> for StreamMode {
 
 /// The SSE response for `reply`'s events after `after` (0: all of them).
 /// In accumulated mode the skipped events still count toward `content`.
+///
+/// Delta frames are the bytes the log rendered when the event was appended
+/// (no per-subscriber formatting). A keep-alive comment (`:` and a blank
+/// line) follows every keep-alive interval in which nothing was sent, so a
+/// silent upstream never lets a proxy time the stream out; one timer per
+/// stream, not reset per event.
 pub fn sse_response(reply: &Arc<Reply>, after: u64, mode: StreamMode, config: &ChatConfig) -> Response {
     let start = if mode == StreamMode::Accumulated { 0 } else { after };
     let mut so_far: HashMap<String, String> = HashMap::new();
     let frames = reply.subscribe(start).filter_map(move |logged| {
+        // Accumulated mode reads every event, the skipped ones included.
         let data = match mode {
             StreamMode::Delta => None,
             StreamMode::Accumulated => logged.event().and_then(|event| accumulate(&mut so_far, &event)),
         };
-        let frame = (logged.seq > after).then(|| {
-            Event::default()
-                .id(logged.seq.to_string())
-                .event(logged.name)
-                .data(data.as_deref().unwrap_or(&logged.data))
+        let frame = (logged.seq > after).then(|| match data {
+            Some(data) => LoggedEvent::from_json(logged.seq, logged.name, &data).frame(),
+            None => logged.frame(),
         });
-        std::future::ready(frame.map(Ok::<_, Infallible>))
+        std::future::ready(frame)
     });
-    let keep_alive = KeepAlive::new().interval(Duration::from_millis(config.keepalive_interval_ms));
-    let mut response = Sse::new(frames).keep_alive(keep_alive).into_response();
-    response
-        .headers_mut()
-        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    let period = Duration::from_millis(config.keepalive_interval_ms.max(1));
+    let body = async_stream::stream! {
+        tokio::pin!(frames);
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sent = false;
+        loop {
+            tokio::select! {
+                biased;
+                frame = frames.next() => match frame {
+                    Some(frame) => {
+                        sent = true;
+                        yield Ok::<_, Infallible>(frame);
+                    }
+                    None => break,
+                },
+                _ = ticks.tick() => {
+                    if !std::mem::take(&mut sent) {
+                        yield Ok(Bytes::from_static(KEEP_ALIVE));
+                    }
+                }
+            }
+        }
+    };
+    let mut response = Response::new(Body::from_stream(body));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
 }
+
+/// An SSE comment line and the blank line after it; clients ignore it.
+const KEEP_ALIVE: &[u8] = b":\n\n";
 
 /// For a thinking or text delta, the step's JSON with `content` (all text so
 /// far) in place of `delta`.

@@ -174,24 +174,43 @@ impl LlmClient {
         let mut events = bytes.eventsource();
         let stream = async_stream::stream! {
             let mut first = true;
+            // One timer for the whole stream: each event only notes when it
+            // came, and the timer, when it fires, moves to the real
+            // deadline (last event + idle) if that is later. A timer armed
+            // and cancelled per chunk cost more than parsing the chunk.
+            let mut last_event = Instant::now();
+            let timer = tokio::time::sleep_until(first_deadline);
+            tokio::pin!(timer);
             loop {
-                let deadline = if first { first_deadline } else { deadline_after(idle) };
-                let event = match timeout_at(deadline, events.next()).await {
-                    Err(_) if first => {
-                        yield Err(LlmError::first_chunk_timeout(first_ms));
+                let next = tokio::select! {
+                    biased;
+                    next = events.next() => next,
+                    _ = &mut timer => {
+                        let due = if first { first_deadline } else { deadline_at(last_event, idle) };
+                        if Instant::now() < due {
+                            timer.as_mut().reset(due);
+                            continue;
+                        }
+                        yield Err(if first {
+                            LlmError::first_chunk_timeout(first_ms)
+                        } else {
+                            LlmError::idle_timeout(idle_ms)
+                        });
                         break;
                     }
-                    Err(_) => {
-                        yield Err(LlmError::idle_timeout(idle_ms));
-                        break;
-                    }
-                    Ok(None) => break,
-                    Ok(Some(Err(e))) => {
+                };
+                let event = match next {
+                    None => break,
+                    Some(Err(e)) => {
                         yield Err(LlmError::Upstream(format!("stream broken: {}", describe_sse_error(e))));
                         break;
                     }
-                    Ok(Some(Ok(event))) => event,
+                    Some(Ok(event)) => event,
                 };
+                last_event = Instant::now();
+                if first {
+                    timer.as_mut().reset(deadline_at(last_event, idle));
+                }
                 first = false;
                 let data = event.data.trim();
                 if data.is_empty() {
@@ -279,9 +298,13 @@ fn model_ids(body: &[u8]) -> Result<Vec<String>, LlmError> {
 
 /// `d` from now; a duration too large to represent means about 30 years.
 fn deadline_after(d: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(d)
-        .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 24 * 3600))
+    deadline_at(Instant::now(), d)
+}
+
+/// `from + d`, or about 30 years from `from` for a `d` too large to add.
+fn deadline_at(from: Instant, d: Duration) -> Instant {
+    from.checked_add(d)
+        .unwrap_or_else(|| from + Duration::from_secs(30 * 365 * 24 * 3600))
 }
 
 /// A duration in whole ms, saturating.

@@ -71,10 +71,17 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
-        // No checkpoint inside a commit: see `spawn_checkpoints`.
+        // No checkpoint inside a commit: see `spawn_checkpoints`. Statement
+        // journals (multi-row inserts in a transaction) stay in memory, not
+        // in a temp file written per batch.
         let write = SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
+            .connect_with(
+                options
+                    .clone()
+                    .pragma("wal_autocheckpoint", "0")
+                    .pragma("temp_store", "memory"),
+            )
             .await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(READ_CONNECTIONS)

@@ -7,6 +7,7 @@
 
 use std::sync::{Arc, OnceLock};
 
+use bytes::Bytes;
 use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
@@ -30,7 +31,8 @@ pub(super) enum Op {
         message_id: Uuid,
         seq: u64,
         name: &'static str,
-        data: Arc<str>,
+        /// The event's JSON (UTF-8).
+        data: Bytes,
     },
     Snapshot {
         message_id: Uuid,
@@ -74,7 +76,7 @@ impl Writer {
     }
 
     /// Queues one reply event (`seq` is its SSE id).
-    pub fn event(&self, message_id: Uuid, seq: u64, name: &'static str, data: Arc<str>) {
+    pub fn event(&self, message_id: Uuid, seq: u64, name: &'static str, data: Bytes) {
         self.send(Op::Event {
             message_id,
             seq,
@@ -270,10 +272,13 @@ struct EventRow {
     events: String,
 }
 
+/// A queued event's seq, name and JSON.
+type QueuedEvent<'a> = (u64, &'static str, &'a [u8]);
+
 /// Groups the batch's events by reply, in seq order; of two events queued
 /// with the same seq the first wins.
 fn event_rows(batch: &[Op]) -> Vec<EventRow> {
-    let mut by_reply: std::collections::BTreeMap<Uuid, Vec<(u64, &'static str, &str)>> = Default::default();
+    let mut by_reply: std::collections::BTreeMap<Uuid, Vec<QueuedEvent<'_>>> = Default::default();
     for op in batch {
         if let Op::Event {
             message_id,
@@ -295,7 +300,7 @@ fn event_rows(batch: &[Op]) -> Vec<EventRow> {
             let mut text = String::with_capacity(events.iter().map(|e| e.2.len() + 24).sum());
             for (seq, name, data) in events {
                 use std::fmt::Write as _;
-                let _ = writeln!(text, "{seq} {name} {data}");
+                let _ = writeln!(text, "{seq} {name} {}", String::from_utf8_lossy(data));
             }
             Some(EventRow {
                 message_id,
@@ -415,18 +420,18 @@ mod tests {
                     *id,
                     seq,
                     "process_step",
-                    Arc::from(format!("{{\"n\":{seq},\"t\":\"a b\\nc\"}}")),
+                    Bytes::from(format!("{{\"n\":{seq},\"t\":\"a b\\nc\"}}")),
                 );
             }
             if seq % 20 == 0 {
                 writer.snapshot(ids[0], format!("text {seq}"), None, "[]".into());
             }
         }
-        writer.event(ids[0], 5, "process_step", Arc::from("duplicate"));
+        writer.event(ids[0], 5, "process_step", Bytes::from("duplicate"));
         writer.flush().await;
         // The same seq again in a later batch: the stored one stays.
-        writer.event(ids[0], 7, "process_step", Arc::from("late duplicate"));
-        writer.event(ids[0], 51, "done", Arc::from("{}"));
+        writer.event(ids[0], 7, "process_step", Bytes::from("late duplicate"));
+        writer.event(ids[0], 51, "done", Bytes::from("{}"));
         writer.flush().await;
 
         for id in &ids {
