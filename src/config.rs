@@ -134,6 +134,14 @@ pub struct LlmConfig {
     pub idle_timeout_ms: u64,
     /// TCP connect timeout in ms.
     pub connect_timeout_ms: u64,
+    /// Speak HTTP/2 to upstreams without negotiating it (h2c "prior
+    /// knowledge"), so that all streams share one connection instead of
+    /// holding an HTTP/1.1 connection each (about 25 KB of buffers per
+    /// stream). For cleartext upstreams that accept HTTP/2, such as a
+    /// gateway or `chatd-bench`'s mock; HTTPS upstreams negotiate HTTP/2 on
+    /// their own. The upstream must allow as many concurrent streams as
+    /// chatd runs replies. Default false.
+    pub http2_prior_knowledge: bool,
     /// Most attempts of one model round on one provider (the first try
     /// included) when it fails with a retryable error before its first chunk.
     pub max_attempts: u32,
@@ -359,6 +367,7 @@ impl Default for LlmConfig {
             first_chunk_timeout_ms: 60_000,
             idle_timeout_ms: 60_000,
             connect_timeout_ms: 10_000,
+            http2_prior_knowledge: false,
             max_attempts: 3,
             retry_base_ms: 250,
             retry_max_ms: 8_000,

@@ -118,6 +118,7 @@ async fn plain_reply_streams_and_is_stored() {
 
     let sent = upstream.received();
     assert_eq!(sent.len(), 1);
+    assert_eq!(upstream.versions(), [axum::http::Version::HTTP_11]);
     assert_eq!(sent[0]["model"], "mock-model");
     assert_eq!(sent[0]["stream"], true);
     assert_eq!(sent[0]["stream_options"], json!({"include_usage": true}));
@@ -930,6 +931,35 @@ async fn a_forced_tool_choice_applies_to_the_first_round_only() {
     assert!(
         last.get("tools").is_none() && last.get("tool_choice").is_none(),
         "{last}"
+    );
+}
+
+#[tokio::test]
+async fn http2_prior_knowledge_reaches_the_upstream_over_h2c() {
+    let upstream = MockUpstream::start().await;
+    upstream.push(mock::text_reply(&["over ", "h2"], 3, 2));
+    upstream.push(mock::text_reply(&["again"], 3, 1));
+    let app = TestApp::start_with(
+        &upstream.base_url,
+        |c| c.llm.http2_prior_knowledge = true,
+        ToolRegistry::with_builtins(),
+    )
+    .await;
+    let (_, got) = run(&app, json!({"message": "hi"})).await;
+    assert_eq!(
+        got,
+        vec![
+            start(),
+            step(0, "text", "over "),
+            step(0, "text", "h2"),
+            done("stop", 3, 2, Some("hi"))
+        ]
+    );
+    let (_, got) = run(&app, json!({"message": "and again"})).await;
+    assert_eq!(got[1], step(0, "text", "again"));
+    assert_eq!(
+        upstream.versions(),
+        [axum::http::Version::HTTP_2, axum::http::Version::HTTP_2]
     );
 }
 

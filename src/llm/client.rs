@@ -71,15 +71,22 @@ impl LlmClient {
     }
 
     /// The HTTP connection pool shared by every provider's client, with
-    /// `config.connect_timeout_ms` as its TCP connect timeout. Fails only if
+    /// `config.connect_timeout_ms` as its TCP connect timeout, and HTTP/2
+    /// only with `config.http2_prior_knowledge`. Fails only if
     /// the TLS stack cannot be set up ([`LlmError::Unavailable`]).
     pub fn http_client(config: &LlmConfig) -> Result<reqwest::Client, LlmError> {
         // reqwest is built without a bundled crypto provider; use ring. An
         // error means a provider is already installed, which is fine.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
-            .tcp_nodelay(true)
+            .tcp_nodelay(true);
+        let builder = if config.http2_prior_knowledge {
+            builder.http2_prior_knowledge()
+        } else {
+            builder
+        };
+        builder
             .build()
             .map_err(|e| LlmError::Unavailable(format!("cannot build HTTP client: {e}")))
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderName, HeaderValue, StatusCode, Version};
 use axum::response::Response;
 use axum::routing::post;
 use serde_json::{Value, json};
@@ -36,6 +36,7 @@ pub enum MockResponse {
 struct MockState {
     script: Mutex<VecDeque<MockResponse>>,
     received: Mutex<Vec<Value>>,
+    versions: Mutex<Vec<Version>>,
 }
 
 /// Handle to a running mock upstream.
@@ -70,13 +71,19 @@ impl MockUpstream {
         self
     }
 
+    /// The HTTP version of every request received so far.
+    pub fn versions(&self) -> Vec<Version> {
+        self.state.versions.lock().expect("versions lock").clone()
+    }
+
     /// Every request body received so far.
     pub fn received(&self) -> Vec<Value> {
         self.state.received.lock().expect("received lock").clone()
     }
 }
 
-async fn completions(State(state): State<Arc<MockState>>, body: Bytes) -> Response {
+async fn completions(State(state): State<Arc<MockState>>, version: Version, body: Bytes) -> Response {
+    state.versions.lock().expect("versions lock").push(version);
     let parsed: Value = serde_json::from_slice(&body).unwrap_or_else(|_| json!({"unparsable": true}));
     state.received.lock().expect("received lock").push(parsed);
     let next = state.script.lock().expect("script lock").pop_front();

@@ -46,7 +46,7 @@ enum Command {
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
     /// A scenario name, a comma-separated list, or `all` (every scenario but
-    /// `smoke`). Names: smoke, requests, c1, c64, c512, c2000, c10000, tool, long_reply,
+    /// `smoke`). Names: smoke, requests, c1, c64, c512, c2000, c10000, c10000_h1, tool, long_reply,
     /// long_conversation, sqlite500.
     #[arg(long, default_value = "all")]
     scenario: String,

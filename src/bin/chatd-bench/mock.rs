@@ -15,6 +15,9 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 
@@ -112,12 +115,33 @@ pub async fn serve(listen: SocketAddr) -> anyhow::Result<bool> {
     let app = Router::new()
         .route("/v1/chat/completions", post(completions))
         .route("/healthz", get(|| async { "ok" }));
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+    // hyper's connection builder rather than `axum::serve`: HTTP/2 (h2c
+    // with prior knowledge, as chatd's `llm.http2_prior_knowledge` speaks
+    // it) needs a stream limit above hyper's default 200, or chatd's
+    // 10,000 streams over one connection would queue.
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http2().max_concurrent_streams(H2_MAX_STREAMS);
+    loop {
+        let (tcp, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors, most likely: wait for some to close.
+                eprintln!("mock: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
         let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app).await.context("serve")?;
-    Ok(true)
+        let service = TowerToHyperService::new(app.clone());
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
+        });
+    }
 }
+
+/// Concurrent HTTP/2 streams the mock allows on one connection.
+const H2_MAX_STREAMS: u32 = 100_000;
 
 #[derive(Deserialize)]
 struct ChatRequest {

@@ -129,7 +129,14 @@ fn free_port() -> anyhow::Result<u16> {
 
 /// Starts `chatd` with a fresh database in a temp dir, its upstream the mock
 /// at `upstream`, and waits until `/healthz` answers.
-pub async fn spawn_chatd(chatd: &Path, upstream: SocketAddr, log_level: &str) -> anyhow::Result<Chatd> {
+/// With `upstream_h2c`, chatd speaks HTTP/2 to the mock without TLS
+/// (`llm.http2_prior_knowledge`).
+pub async fn spawn_chatd(
+    chatd: &Path,
+    upstream: SocketAddr,
+    log_level: &str,
+    upstream_h2c: bool,
+) -> anyhow::Result<Chatd> {
     let dir = TempDir::new("chatd")?;
     let port = free_port()?;
     let config = dir.path().join("chatd.toml");
@@ -142,8 +149,15 @@ pub async fn spawn_chatd(chatd: &Path, upstream: SocketAddr, log_level: &str) ->
              [llm]\n\
              base_url = \"http://{upstream}/v1\"\n\
              model = \"bench-t10-d0-text\"\n\
-             idle_timeout_ms = 120000\n",
-            db = dir.path().join("chatd.db").display()
+             idle_timeout_ms = 120000\n\
+             {h2c}",
+            db = dir.path().join("chatd.db").display(),
+            // Only when asked: older binaries do not know the key.
+            h2c = if upstream_h2c {
+                "http2_prior_knowledge = true\n"
+            } else {
+                ""
+            },
         ),
     )
     .context("write the chatd config")?;
