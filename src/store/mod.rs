@@ -74,8 +74,13 @@ impl Store {
         // No checkpoint inside a commit: see `spawn_checkpoints`. Statement
         // journals (multi-row inserts in a transaction) stay in memory, not
         // in a temp file written per batch.
+        // No ping before each use (`test_before_acquire`): for SQLite it is
+        // a round trip to the connection's thread, which under load costs
+        // about as much as the statement after it. A broken connection
+        // still fails that statement.
         let write = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .connect_with(
                 options
                     .clone()
@@ -85,6 +90,7 @@ impl Store {
             .await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(READ_CONNECTIONS)
+            .test_before_acquire(false)
             .connect_with(options)
             .await?;
         let writer = Writer::spawn(write.clone());

@@ -160,13 +160,24 @@ fn is_urgent(op: &Op) -> bool {
 /// it gathers it does not poll the queue: events sent meanwhile wake
 /// nobody (one wake-up per event, per token, was a measurable cost); an
 /// urgent op wakes it through `urgent`.
+///
+/// New turns are committed on their own, ahead of what was gathered: a new
+/// chat waits for its two rows, not for the events of every other streaming
+/// reply (which keep gathering until their deadline). Nothing queued before
+/// a turn can depend on it: a reply's events and final state come after its
+/// turn is committed.
 async fn run(pool: sqlx::SqlitePool, mut rx: mpsc::UnboundedReceiver<Op>, urgent: Arc<Notify>) {
     let mut batch = Vec::with_capacity(1024);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    let mut deadline = None;
+    loop {
+        if batch.is_empty() && rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            return;
+        }
+        let due =
+            *deadline.get_or_insert_with(|| tokio::time::Instant::now() + std::time::Duration::from_millis(GATHER_MS));
         if !batch.iter().any(is_urgent) {
-            let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(GATHER_MS);
             tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => {}
+                _ = tokio::time::sleep_until(due) => {}
                 _ = urgent.notified() => {}
             }
         }
@@ -176,31 +187,50 @@ async fn run(pool: sqlx::SqlitePool, mut rx: mpsc::UnboundedReceiver<Op>, urgent
                 Err(_) => break,
             }
         }
-        let started = std::time::Instant::now();
-        let result = apply(&pool, &batch).await;
-        metrics::histogram!("chatd_db_write_seconds").record(started.elapsed().as_secs_f64());
-        if let Err(e) = &result {
-            tracing::error!(error = %e, ops = batch.len(), "a database write batch failed");
-        }
-        let mut begun = result.as_ref().map(|b| b.iter()).ok();
-        for op in batch.drain(..) {
-            match op {
-                Op::Begin { done, .. } => {
-                    let outcome = match (&result, begun.as_mut().and_then(Iterator::next)) {
-                        (Ok(_), Some(existed)) => Ok(*existed),
-                        (Ok(_), None) => Err("the turn was not written".to_string()),
-                        (Err(e), _) => Err(e.to_string()),
-                    };
-                    let _ = done.send(outcome);
+        if batch.iter().any(|op| matches!(op, Op::Begin { .. })) {
+            let (mut turns, rest): (Vec<Op>, Vec<Op>) = batch.drain(..).partition(|op| matches!(op, Op::Begin { .. }));
+            commit(&pool, &mut turns).await;
+            batch = rest;
+            let rest_due = batch.iter().any(is_urgent) || tokio::time::Instant::now() >= due;
+            if batch.is_empty() || !rest_due {
+                if batch.is_empty() {
+                    deadline = None;
                 }
-                Op::Finish { done, .. } => {
-                    let _ = done.send(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
-                }
-                Op::Flush(done) => {
-                    let _ = done.send(());
-                }
-                _ => {}
+                continue;
             }
+        }
+        commit(&pool, &mut batch).await;
+        deadline = None;
+    }
+}
+
+/// Applies `batch` in one transaction and answers whoever waits on one of
+/// its ops; leaves `batch` empty.
+async fn commit(pool: &sqlx::SqlitePool, batch: &mut Vec<Op>) {
+    let started = std::time::Instant::now();
+    let result = apply(pool, batch).await;
+    metrics::histogram!("chatd_db_write_seconds").record(started.elapsed().as_secs_f64());
+    if let Err(e) = &result {
+        tracing::error!(error = %e, ops = batch.len(), "a database write batch failed");
+    }
+    let mut begun = result.as_ref().map(|b| b.iter()).ok();
+    for op in batch.drain(..) {
+        match op {
+            Op::Begin { done, .. } => {
+                let outcome = match (&result, begun.as_mut().and_then(Iterator::next)) {
+                    (Ok(_), Some(existed)) => Ok(*existed),
+                    (Ok(_), None) => Err("the turn was not written".to_string()),
+                    (Err(e), _) => Err(e.to_string()),
+                };
+                let _ = done.send(outcome);
+            }
+            Op::Finish { done, .. } => {
+                let _ = done.send(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+            }
+            Op::Flush(done) => {
+                let _ = done.send(());
+            }
+            _ => {}
         }
     }
 }
