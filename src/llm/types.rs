@@ -93,12 +93,11 @@ pub struct FunctionDefinition {
 
 /// One streamed chunk (OpenAI `chat.completion.chunk`). Every field is
 /// optional; `error` is set when a provider reports a failure mid-stream.
+/// Fields chatd does not read (`id`, `object`, `created`, `model`,
+/// `system_fingerprint`, ...) are skipped while parsing, never allocated:
+/// this runs once per token.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ChatChunk {
-    #[serde(default)]
-    pub id: Option<String>,
-    #[serde(default)]
-    pub model: Option<String>,
     #[serde(default, deserialize_with = "null_as_default")]
     pub choices: Vec<ChunkChoice>,
     #[serde(default)]
@@ -195,14 +194,10 @@ mod tests {
             r#"{"id":"x","choices":[{"index":0,"delta":{"content":null,"reasoning_content":"hm","tool_calls":null,"x_extra":1},"finish_reason":null}],"usage":null,"system_fingerprint":"fp"}"#,
         )
         .expect("parse");
+        // Unread and unknown fields (id, x_extra, system_fingerprint) are skipped.
         let delta = c.choices[0].delta.as_ref().expect("delta");
         assert_eq!(delta.reasoning_content.as_deref(), Some("hm"));
         assert!(delta.tool_calls.is_empty());
-        assert_eq!(
-            c.id.as_deref(),
-            Some("x"),
-            "unknown fields (x_extra, system_fingerprint) are ignored"
-        );
 
         let c: ChatChunk = serde_json::from_str(
             r#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":null,"total_tokens":5}}"#,
