@@ -214,7 +214,8 @@ pub struct ChatConfig {
     pub max_iterations: u32,
     /// What a client disconnect does to its reply.
     pub on_disconnect: OnDisconnect,
-    /// Interval in ms between SSE keep-alive comments.
+    /// Interval in ms after which a stream with no event gets an SSE
+    /// keep-alive comment.
     pub keepalive_interval_ms: u64,
     /// How long in ms a finished reply's events stay replayable exactly (in
     /// memory for the first minute at most, in the `reply_event_batches`

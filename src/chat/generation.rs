@@ -119,7 +119,7 @@ pub enum Earlier {
     /// None: the turn created the conversation.
     None,
     /// From the [`history::HistoryCache`].
-    Cached(Arc<Vec<RequestMessage>>),
+    Cached(Vec<RequestMessage>),
     /// Read from the database.
     Load,
 }
@@ -127,7 +127,7 @@ pub enum Earlier {
 impl Generation {
     /// Runs the reply to its end and publishes every event, the terminal one
     /// last.
-    pub async fn run(self) {
+    pub async fn run(mut self) {
         let reply = self.reply.clone();
         reply.push(ChatEvent::Start(StartEvent {
             conversation_id: reply.conversation_id,
@@ -142,7 +142,7 @@ impl Generation {
         let mut usage = UsageTotals::default();
         let (base, result) = match self.history().await {
             Ok(base) => {
-                let result = self.run_loop(&base, &mut rec, &mut usage).await;
+                let (base, result) = self.run_loop(base, &mut rec, &mut usage).await;
                 (Some(base), result)
             }
             Err(stop) => (None, Err(stop)),
@@ -240,17 +240,15 @@ impl Generation {
 
     /// The conversation's messages up to this turn's user message (upstream
     /// shape, without the system prompt).
-    async fn history(&self) -> Result<Vec<RequestMessage>, Stop> {
+    async fn history(&mut self) -> Result<Vec<RequestMessage>, Stop> {
         let user = RequestMessage::User {
             content: self.user_content.clone(),
         };
-        Ok(match &self.earlier {
+        Ok(match std::mem::replace(&mut self.earlier, Earlier::Load) {
             Earlier::None => vec![user],
-            Earlier::Cached(earlier) => {
-                let mut all = Vec::with_capacity(earlier.len() + 1);
-                all.extend_from_slice(earlier);
-                all.push(user);
-                all
+            Earlier::Cached(mut earlier) => {
+                earlier.push(user);
+                earlier
             }
             Earlier::Load => {
                 let rows = self
@@ -264,20 +262,40 @@ impl Generation {
         })
     }
 
+    /// Runs the rounds on `base` (the history and the new user message) and
+    /// gives `base` back unchanged, for the history cache. The messages are
+    /// moved into each round's request and back, never copied: with 1,000
+    /// earlier messages a copy cost about 0.2 ms.
     async fn run_loop(
         &self,
-        base: &[RequestMessage],
+        base: Vec<RequestMessage>,
+        rec: &mut StepRecorder,
+        usage: &mut UsageTotals,
+    ) -> (Vec<RequestMessage>, Result<String, Stop>) {
+        let base_len = base.len();
+        let mut messages = history::with_system(self.settings.system_prompt.as_deref(), base);
+        let offset = messages.len() - base_len;
+        let result = self.rounds(&mut messages, rec, usage).await;
+        messages.truncate(offset + base_len);
+        messages.drain(..offset);
+        (messages, result)
+    }
+
+    async fn rounds(
+        &self,
+        messages: &mut Vec<RequestMessage>,
         rec: &mut StepRecorder,
         usage: &mut UsageTotals,
     ) -> Result<String, Stop> {
-        let mut messages = history::with_system(self.settings.system_prompt.as_deref(), base);
         let max_rounds = self.deps.config.chat.max_iterations;
         let tools = self.tool_definitions();
 
         for round in 0..max_rounds {
             rec.next_round(round);
-            let request = self.request(messages.clone(), tools.clone(), round);
-            let Round { calls, finish_reason } = self.stream_round(&request, rec, usage).await?;
+            let mut request = self.request(std::mem::take(messages), tools.clone(), round);
+            let outcome = self.stream_round(&request, rec, usage).await;
+            *messages = std::mem::take(&mut request.messages);
+            let Round { calls, finish_reason } = outcome?;
             if calls.is_empty() {
                 return Ok(finish_reason.unwrap_or_else(|| "stop".to_string()));
             }
@@ -290,7 +308,7 @@ impl Generation {
                 reasoning_content: round_reasoning(rec, round),
                 tool_calls: calls.clone(),
             });
-            self.run_tools(&calls, rec, &mut messages).await?;
+            self.run_tools(&calls, rec, messages).await?;
         }
         Err(Stop::MaxIterations(max_rounds))
     }

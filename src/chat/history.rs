@@ -10,7 +10,7 @@
 //! stays valid for strict providers.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use uuid::Uuid;
 
@@ -51,15 +51,16 @@ pub fn push_row(out: &mut Vec<RequestMessage>, row: &HistoryRow) {
 }
 
 /// The system prompt (if any, and not blank) followed by `messages`.
-pub fn with_system(system_prompt: Option<&str>, messages: &[RequestMessage]) -> Vec<RequestMessage> {
-    let mut out = Vec::with_capacity(messages.len() + 1);
+pub fn with_system(system_prompt: Option<&str>, mut messages: Vec<RequestMessage>) -> Vec<RequestMessage> {
     if let Some(prompt) = system_prompt.filter(|p| !p.trim().is_empty()) {
-        out.push(RequestMessage::System {
-            content: prompt.to_string(),
-        });
+        messages.insert(
+            0,
+            RequestMessage::System {
+                content: prompt.to_string(),
+            },
+        );
     }
-    out.extend_from_slice(messages);
-    out
+    messages
 }
 
 /// Conversations whose history is kept, at most.
@@ -75,7 +76,10 @@ const CACHED_CONVERSATIONS: usize = 256;
 /// conversation's number of messages then. A turn uses it only when the
 /// conversation still has exactly that many messages before the new one;
 /// anything else (a restart, a failed write, another writer) falls back to
-/// the database. The least recently used entry goes first.
+/// the database. A turn takes its entry out (one turn runs per conversation
+/// at a time) and the finished reply puts the longer history back, so the
+/// messages are moved, never copied. The least recently used entry goes
+/// first.
 #[derive(Debug, Default)]
 pub struct HistoryCache {
     inner: Mutex<Entries>,
@@ -90,7 +94,7 @@ struct Entries {
 
 #[derive(Debug)]
 struct CachedHistory {
-    messages: Arc<Vec<RequestMessage>>,
+    messages: Vec<RequestMessage>,
     /// The conversation's number of stored messages these are built from.
     count: u64,
     used: u64,
@@ -101,15 +105,12 @@ impl HistoryCache {
         self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The history of `conversation` if it was built from exactly `count`
-    /// stored messages.
-    pub fn get(&self, conversation: Uuid, count: u64) -> Option<Arc<Vec<RequestMessage>>> {
-        let mut inner = self.lock();
-        inner.clock += 1;
-        let now = inner.clock;
-        let entry = inner.map.get_mut(&conversation).filter(|e| e.count == count)?;
-        entry.used = now;
-        Some(entry.messages.clone())
+    /// Takes out the history of `conversation` if it was built from
+    /// exactly `count` stored messages (an entry built from another count is
+    /// stale and dropped).
+    pub fn take(&self, conversation: Uuid, count: u64) -> Option<Vec<RequestMessage>> {
+        let entry = self.lock().map.remove(&conversation)?;
+        (entry.count == count).then_some(entry.messages)
     }
 
     /// Keeps `messages`, built from `count` stored messages of `conversation`.
@@ -123,14 +124,7 @@ impl HistoryCache {
         }
         inner.clock += 1;
         let used = inner.clock;
-        inner.map.insert(
-            conversation,
-            CachedHistory {
-                messages: Arc::new(messages),
-                count,
-                used,
-            },
-        );
+        inner.map.insert(conversation, CachedHistory { messages, count, used });
     }
 
     /// Forgets `conversation`.
@@ -215,20 +209,26 @@ mod tests {
         let cache = HistoryCache::default();
         let a = Uuid::now_v7();
         cache.put(a, 2, vec![user("hi"), user("there")]);
-        assert_eq!(cache.get(a, 2).map(|m| m.len()), Some(2));
-        assert!(cache.get(a, 4).is_none(), "another count: the database has changed");
+        assert_eq!(cache.take(a, 2).map(|m| m.len()), Some(2));
+        assert!(cache.take(a, 2).is_none(), "taken out by the turn");
+        cache.put(a, 2, vec![user("hi"), user("there")]);
+        assert!(cache.take(a, 4).is_none(), "another count: the database has changed");
+        assert!(cache.take(a, 2).is_none(), "and the stale entry is gone");
+        cache.put(a, 2, vec![user("hi")]);
         cache.remove(a);
-        assert!(cache.get(a, 2).is_none());
+        assert!(cache.take(a, 2).is_none());
 
         let ids: Vec<Uuid> = (0..CACHED_CONVERSATIONS).map(|_| Uuid::now_v7()).collect();
         for id in &ids {
             cache.put(*id, 2, vec![user("x")]);
         }
-        assert!(cache.get(ids[0], 2).is_some(), "used: now the most recent");
+        // A turn in ids[0]: taken, then put back longer (the most recent).
+        let taken = cache.take(ids[0], 2).expect("cached");
+        cache.put(ids[0], 4, taken);
         cache.put(Uuid::now_v7(), 2, vec![user("new")]);
-        assert!(cache.get(ids[1], 2).is_none(), "the least recently used went");
-        assert!(cache.get(ids[0], 2).is_some());
-        assert!(cache.get(ids[2], 2).is_some());
+        assert!(cache.take(ids[1], 2).is_none(), "the least recently used went");
+        assert!(cache.take(ids[0], 4).is_some());
+        assert!(cache.take(ids[2], 2).is_some());
     }
 
     #[test]
@@ -248,7 +248,7 @@ mod tests {
                 steps: steps.into(),
             },
         ];
-        let out = with_system(Some("Be brief."), &from_rows(&rows));
+        let out = with_system(Some("Be brief."), from_rows(&rows));
         let json = serde_json::to_value(&out).expect("serializes");
         assert_eq!(
             json,

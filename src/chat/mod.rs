@@ -309,7 +309,7 @@ impl ChatService {
                 if count + 2 > u64::from(limit) {
                     return Err(ChatError::ConversationTooLong { limit });
                 }
-                let earlier = match self.deps.history.get(id, count) {
+                let earlier = match self.deps.history.take(id, count) {
                     Some(cached) => Earlier::Cached(cached),
                     None => Earlier::Load,
                 };
