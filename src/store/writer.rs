@@ -419,15 +419,20 @@ mod tests {
     use super::*;
     use crate::store::{NewConversation, NewTurn, Store};
 
-    async fn begin(store: &Store) -> Uuid {
-        let turn = NewTurn {
+    /// A turn in a new conversation (`create`) or in one never stored.
+    fn turn(create: bool) -> NewTurn {
+        NewTurn {
             conversation: NewConversation::default().into_conversation(),
-            create: true,
+            create,
             user_message_id: Uuid::now_v7(),
             user_content: "hi".into(),
             assistant_message_id: Uuid::now_v7(),
             model: "m".into(),
-        };
+        }
+    }
+
+    async fn begin(store: &Store) -> Uuid {
+        let turn = turn(true);
         assert!(store.begin_turn(&turn).await.expect("begin"));
         turn.assistant_message_id
     }
@@ -483,6 +488,34 @@ mod tests {
         assert_eq!(rows, 201, "one row per reply for the first batch, one for the second");
         let row = store.message(ids[0]).await.expect("load").expect("row");
         assert_eq!(row.content, "text 40", "the last snapshot wins");
+    }
+
+    #[tokio::test]
+    async fn a_new_turn_commits_ahead_of_gathered_events_and_nothing_is_lost() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("w.db").display());
+        let store = Store::open(&url).await.expect("open");
+        let a = begin(&store).await;
+        let writer = store.writer();
+        for seq in 1..=10u64 {
+            writer.event(a, seq, "process_step", Bytes::from(format!("{{\"n\":{seq}}}")));
+        }
+        writer.snapshot(a, "partial".into(), None, "[]".into());
+        // New chats arrive while those events gather: each is committed
+        // when its begin returns, and a missing conversation is reported.
+        let b = begin(&store).await;
+        let row = store.message(b).await.expect("load").expect("committed");
+        assert_eq!(row.content, "");
+        assert!(!store.begin_turn(&turn(false)).await.expect("begin"));
+        writer.event(a, 11, "done", Bytes::from("{}"));
+        writer.flush().await;
+        let events = store.reply_events(a).await.expect("events");
+        let seqs: Vec<u64> = events.iter().map(|e| e.0).collect();
+        assert_eq!(seqs, (1..=11).collect::<Vec<_>>());
+        assert_eq!(events[0].2, "{\"n\":1}");
+        let row = store.message(a).await.expect("load").expect("row");
+        assert_eq!(row.content, "partial");
+        assert!(store.reply_events(b).await.expect("events").is_empty());
     }
 
     #[test]
