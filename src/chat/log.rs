@@ -53,18 +53,14 @@ impl LoggedEvent {
     }
 
     /// The event `name` at `seq` with `data`, JSON serialized earlier (read
-    /// back from the database, or rewritten for a subscriber). SSE data
-    /// cannot hold a line break; chatd's JSON never has one, and one that
-    /// somehow did is sent as JSON's escaped `\n`.
+    /// back from the database, or rewritten for a subscriber). An SSE
+    /// `data:` line cannot hold a line break. chatd's JSON never has one;
+    /// one that somehow did is sent as a space, which in valid JSON can only
+    /// have been whitespace between tokens.
     pub fn from_json(seq: u64, name: &'static str, data: &str) -> Self {
         let mut frame = frame_head(seq, name, data.len());
         let data_start = frame.len();
-        for (i, part) in data.split('\n').enumerate() {
-            if i > 0 {
-                frame.extend_from_slice(b"\\n");
-            }
-            frame.extend_from_slice(part.trim_end_matches('\r').as_bytes());
-        }
+        frame.extend(data.bytes().map(|b| if b == b'\n' || b == b'\r' { b' ' } else { b }));
         Self::finish(seq, name, frame, data_start)
     }
 
@@ -451,9 +447,10 @@ mod tests {
         );
         assert!(logged.is_terminal());
         assert_eq!(logged.event(), Some(error()));
-        // Stored JSON with a raw line break still makes one `data:` line.
+        // Stored JSON with raw line breaks still makes one `data:` line.
         let odd = LoggedEvent::from_json(2, "process_step", "{\"a\":\r\n1}");
-        assert_eq!(&odd.frame()[..], b"id: 2\nevent: process_step\ndata: {\"a\":\\n1}\n\n");
+        assert_eq!(&odd.frame()[..], b"id: 2\nevent: process_step\ndata: {\"a\":  1}\n\n");
+        assert_eq!(odd.data(), "{\"a\":  1}");
     }
 
     #[tokio::test]
