@@ -42,7 +42,7 @@ impl LoggedEvent {
     /// Serializes `event` at position `seq`.
     pub fn new(seq: u64, event: ChatEvent) -> Self {
         let name = event.name();
-        let mut frame = frame_head(seq, name, 160);
+        let mut frame = frame_head(seq, name, TYPICAL_DATA_BYTES);
         let data_start = frame.len();
         if let Err(e) = serde_json::to_writer(&mut frame, &event) {
             tracing::error!(error = %e, "event did not serialize");
@@ -108,6 +108,10 @@ impl LoggedEvent {
         ChatEvent::from_parts(self.name, self.data())
     }
 }
+
+/// About the JSON of one text delta: the first guess of a frame's size
+/// (the frame is shrunk to fit once written).
+const TYPICAL_DATA_BYTES: usize = 160;
 
 /// `id: <seq>\nevent: <name>\ndata: ` in a buffer with room for `data_len`
 /// more bytes and the frame's end.
@@ -302,8 +306,7 @@ impl Reply {
         let guard = SubscriberGuard::new(self.clone());
         let mut next = usize::try_from(after).unwrap_or(usize::MAX);
         async_stream::stream! {
-            let _guard = guard;
-            let reply = _guard.reply.clone();
+            let reply = &guard.reply;
             loop {
                 // Registered before reading, so an append while this
                 // subscriber yields (or in between) wakes it.

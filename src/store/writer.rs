@@ -188,14 +188,13 @@ async fn run(pool: sqlx::SqlitePool, mut rx: mpsc::UnboundedReceiver<Op>, urgent
             }
         }
         if batch.iter().any(|op| matches!(op, Op::Begin { .. })) {
-            let (mut turns, rest): (Vec<Op>, Vec<Op>) = batch.drain(..).partition(|op| matches!(op, Op::Begin { .. }));
+            let mut turns: Vec<Op> = batch.extract_if(.., |op| matches!(op, Op::Begin { .. })).collect();
             commit(&pool, &mut turns).await;
-            batch = rest;
-            let rest_due = batch.iter().any(is_urgent) || tokio::time::Instant::now() >= due;
-            if batch.is_empty() || !rest_due {
-                if batch.is_empty() {
-                    deadline = None;
-                }
+            if batch.is_empty() {
+                deadline = None;
+                continue;
+            }
+            if !batch.iter().any(is_urgent) && tokio::time::Instant::now() < due {
                 continue;
             }
         }
