@@ -34,7 +34,8 @@ pub struct Config {
     /// Address the HTTP server binds, e.g. `127.0.0.1:8080` (`CHATD_LISTEN`).
     pub listen: SocketAddr,
     /// sqlx SQLite URL, e.g. `sqlite://chatd.db` (`CHATD_DATABASE_URL`).
-    /// The file is created and migrated at start.
+    /// The file is created and migrated at start. In-memory databases
+    /// (`sqlite::memory:`) are refused: the writer thread opens the file too.
     pub database_url: String,
     /// The OpenAI-compatible upstream: timeouts, retries and, when
     /// `providers` is empty, the single upstream itself.

@@ -138,6 +138,26 @@ where
     Ok(())
 }
 
+/// [`insert`] inside the writer's transaction.
+///
+/// Errors: the statement's SQLite error.
+pub(super) fn insert_sync(tx: &rusqlite::Transaction<'_>, c: &Conversation) -> Result<(), StoreError> {
+    tx.prepare_cached(INSERT_CONVERSATION)?.execute(rusqlite::params![
+        c.id.to_string(),
+        c.title,
+        c.model,
+        c.provider,
+        c.project_id,
+        c.system_prompt,
+        c.temperature,
+        c.max_tokens,
+        c.thinking,
+        c.created_at,
+        c.updated_at,
+    ])?;
+    Ok(())
+}
+
 impl NewConversation {
     /// The row this creates now, with a fresh UUIDv7.
     pub fn into_conversation(self) -> Conversation {

@@ -183,10 +183,12 @@ pub struct FinalReply {
     pub error: Option<Value>,
 }
 
-/// Writes a reply's final state and adds its tokens to the usage ledger,
-/// inside the writer's transaction.
-pub(super) async fn write_final(
-    tx: &mut sqlx::SqliteConnection,
+/// Writes a reply's final state, touches its conversation's `updated_at`
+/// and adds its tokens to the usage ledger, inside the writer's transaction.
+///
+/// Errors: the statement's SQLite error.
+pub(super) fn write_final(
+    tx: &rusqlite::Transaction<'_>,
     message_id: Uuid,
     model: &str,
     reply: &FinalReply,
@@ -197,65 +199,54 @@ pub(super) async fn write_final(
         "completion_tokens": reply.completion_tokens,
         "total_tokens": reply.prompt_tokens + reply.completion_tokens,
     });
-    // One statement string, one round trip to the connection's thread
-    // (sqlx binds each statement's parameters in order).
-    let counted = reply.prompt_tokens + reply.completion_tokens > 0;
-    let query = sqlx::query(if counted { FINAL_COUNTED } else { FINAL });
-    let query = query
-        .bind(reply.status.as_str())
-        .bind(&reply.content)
-        .bind(&reply.reasoning)
-        .bind(reply.steps.to_string())
-        .bind(reply.tool_calls.as_ref().map(Value::to_string))
-        .bind(reply.sources.as_ref().map(Value::to_string))
-        .bind(usage.to_string())
-        .bind(&reply.finish_reason)
-        .bind(reply.error.as_ref().map(Value::to_string))
-        .bind(now)
-        .bind(message_id.to_string())
-        .bind(now)
-        .bind(message_id.to_string());
-    let query = if counted {
-        usage::bind_add(query, model, reply.prompt_tokens, reply.completion_tokens)
-    } else {
-        query
-    };
-    query.execute(&mut *tx).await?;
+    let id = message_id.to_string();
+    tx.prepare_cached(FINAL_MESSAGE)?.execute(rusqlite::params![
+        reply.status.as_str(),
+        reply.content,
+        reply.reasoning,
+        reply.steps.to_string(),
+        reply.tool_calls.as_ref().map(Value::to_string),
+        reply.sources.as_ref().map(Value::to_string),
+        usage.to_string(),
+        reply.finish_reason,
+        reply.error.as_ref().map(Value::to_string),
+        now,
+        id,
+    ])?;
+    tx.prepare_cached(TOUCH_CONVERSATION_OF)?
+        .execute(rusqlite::params![now, id])?;
+    if reply.prompt_tokens + reply.completion_tokens > 0 {
+        usage::add(tx, model, reply.prompt_tokens, reply.completion_tokens)?;
+    }
     Ok(())
 }
 
-macro_rules! final_sql {
-    () => {
-        "UPDATE messages SET status = ?, content = ?, reasoning = ?, steps = ?, tool_calls = ?, sources = ?, \
-         usage = ?, finish_reason = ?, error = ?, updated_at = ? WHERE id = ?; \
-         UPDATE conversations SET updated_at = max(updated_at, ?) \
-         WHERE id = (SELECT conversation_id FROM messages WHERE id = ?);"
-    };
-}
+/// A reply's final state (parameters in [`write_final`]'s order).
+const FINAL_MESSAGE: &str = "UPDATE messages SET status = ?, content = ?, reasoning = ?, steps = ?, tool_calls = ?, \
+    sources = ?, usage = ?, finish_reason = ?, error = ?, updated_at = ? WHERE id = ?";
 
-/// A reply's final state and its conversation's `updated_at`.
-const FINAL: &str = final_sql!();
-/// [`FINAL`] and the tokens added to the usage ledger.
-const FINAL_COUNTED: &str = concat!(final_sql!(), usage::add_sql!());
+/// The `updated_at` of the conversation a message belongs to.
+const TOUCH_CONVERSATION_OF: &str = "UPDATE conversations SET updated_at = max(updated_at, ?) \
+    WHERE id = (SELECT conversation_id FROM messages WHERE id = ?)";
 
 /// Writes a turn inside the writer's transaction: the conversation (created,
 /// or its `updated_at` touched), the user message and the empty `streaming`
 /// reply. Returns `false`, writing nothing, when the conversation is gone.
-pub(super) async fn write_turn(tx: &mut sqlx::SqliteConnection, turn: &NewTurn, now: i64) -> Result<bool, StoreError> {
+///
+/// Errors: the statement's SQLite error.
+pub(super) fn write_turn(tx: &rusqlite::Transaction<'_>, turn: &NewTurn, now: i64) -> Result<bool, StoreError> {
     let conv_id = turn.conversation.id.to_string();
     if turn.create {
-        conversations::insert(&mut *tx, &turn.conversation).await?;
+        conversations::insert_sync(tx, &turn.conversation)?;
     } else {
-        let touched = sqlx::query("UPDATE conversations SET updated_at = max(updated_at, ?) WHERE id = ?")
-            .bind(now)
-            .bind(&conv_id)
-            .execute(&mut *tx)
-            .await?;
-        if touched.rows_affected() == 0 {
+        let touched = tx
+            .prepare_cached("UPDATE conversations SET updated_at = max(updated_at, ?) WHERE id = ?")?
+            .execute(rusqlite::params![now, conv_id])?;
+        if touched == 0 {
             return Ok(false);
         }
     }
-    let mut query = sqlx::query(INSERT_TURN_MESSAGES);
+    let mut insert = tx.prepare_cached(INSERT_MESSAGE)?;
     for (id, role, content, status) in [
         (
             turn.user_message_id,
@@ -265,25 +256,24 @@ pub(super) async fn write_turn(tx: &mut sqlx::SqliteConnection, turn: &NewTurn, 
         ),
         (turn.assistant_message_id, Role::Assistant, "", Status::Streaming),
     ] {
-        query = query
-            .bind(id.to_string())
-            .bind(&conv_id)
-            .bind(role.as_str())
-            .bind(content)
-            .bind(status.as_str())
-            .bind(&turn.model)
-            .bind(now)
-            .bind(now);
+        insert.execute(rusqlite::params![
+            id.to_string(),
+            conv_id,
+            role.as_str(),
+            content,
+            status.as_str(),
+            turn.model,
+            now,
+            now,
+        ])?;
     }
-    query.execute(&mut *tx).await?;
     Ok(true)
 }
 
-/// The user message and the reply row of a turn, in one statement (the
-/// user's first: rowid order is conversation order).
-const INSERT_TURN_MESSAGES: &str = "INSERT INTO messages \
+/// One message row (the user's first: rowid order is conversation order).
+const INSERT_MESSAGE: &str = "INSERT INTO messages \
     (id, conversation_id, role, content, status, model, created_at, updated_at) \
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?), (?, ?, ?, ?, ?, ?, ?, ?)";
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?)";
 
 impl Store {
     /// Commits a turn's user message and its `streaming` assistant row in one

@@ -31,22 +31,30 @@ pub enum StoreError {
     /// Applying the embedded migrations failed.
     #[error("migration error: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The writer's connection failed (I/O, lock timeout, constraint).
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     /// A batched write (through the [`Writer`]) failed.
     #[error("database write failed: {0}")]
     Write(String),
+    /// The configuration asks for something the store cannot do.
+    #[error("unsupported database: {0}")]
+    Unsupported(String),
     /// A stored value could not be decoded (corrupt row or JSON column).
     #[error("corrupt row: {0}")]
     Corrupt(String),
 }
 
-/// Handle to the database; cheap to clone (two connection pools).
+/// Handle to the database; cheap to clone (two connection pools and the
+/// writer thread).
 ///
-/// Reads go through a pool of [`READ_CONNECTIONS`]; every write goes through
-/// one connection of its own. SQLite lets one writer in at a time, and two
-/// connections of this process that both want to write would make the
-/// second one sleep in SQLite's busy handler (1, 2, 5, 10, ... ms), which
-/// showed up as 45 ms before the first token under load. Queued on one
-/// connection, writes wait only for each other, in order.
+/// Reads go through a pool of [`READ_CONNECTIONS`]. Everything written while
+/// chatting (new turns, reply events, snapshots, final replies) goes through
+/// the [`Writer`]'s connection on its own thread; the rare other writes
+/// (conversation edits and deletes, the workspace index, pruning) through a
+/// second write connection, in order. SQLite lets one writer in at a time:
+/// when those two meet, the later one sleeps in SQLite's busy handler (1, 2,
+/// 5, ... ms), which is why chat traffic never uses the second one.
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: SqlitePool,
@@ -62,8 +70,13 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Store {
     /// Opens (creating if missing) the SQLite database at `url` with WAL,
-    /// `synchronous = NORMAL`, a busy timeout and foreign keys on, and applies
-    /// pending migrations.
+    /// `synchronous = NORMAL`, a busy timeout and foreign keys on, applies
+    /// pending migrations and starts the [`Writer`] thread.
+    ///
+    /// Errors: [`StoreError::Db`] or [`StoreError::Migrate`] when the file
+    /// cannot be opened or migrated; [`StoreError::Unsupported`] for an
+    /// in-memory database (`sqlite::memory:`), which the writer's own
+    /// connection could not see.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
@@ -91,11 +104,11 @@ impl Store {
         let pool = SqlitePoolOptions::new()
             .max_connections(READ_CONNECTIONS)
             .test_before_acquire(false)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
-        let writer = Writer::spawn(write.clone());
+        sqlx::migrate!("./migrations").run(&write).await?;
+        let writer = Writer::spawn(options.get_filename(), Duration::from_millis(writer::GATHER_MS))?;
         let store = Self { pool, write, writer };
-        store.migrate().await?;
         spawn_checkpoints(store.pool.clone());
         Ok(store)
     }

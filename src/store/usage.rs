@@ -20,30 +20,23 @@ fn today() -> String {
     jiff::Timestamp::now().strftime("%Y-%m-%d").to_string()
 }
 
-/// The statement that adds tokens to today's row of a model (parameters:
-/// see [`bind_add`]), as a literal for `concat!`.
-macro_rules! add_sql {
-    () => {
+/// Adds `prompt` and `completion` tokens to today's (UTC) row of `model`,
+/// inside the writer's transaction.
+///
+/// Errors: the statement's SQLite error.
+pub(super) fn add(tx: &rusqlite::Transaction<'_>, model: &str, prompt: u64, completion: u64) -> Result<(), StoreError> {
+    tx.prepare_cached(
         "INSERT INTO token_usage (model, day, prompt_tokens, completion_tokens) VALUES (?, ?, ?, ?) \
          ON CONFLICT (model, day) DO UPDATE SET prompt_tokens = prompt_tokens + excluded.prompt_tokens, \
-         completion_tokens = completion_tokens + excluded.completion_tokens;"
-    };
-}
-pub(super) use add_sql;
-
-/// Binds the parameters of `add_sql!()` (`model`, today, `prompt` and
-/// `completion` tokens) to `query`, whose SQL ends with it.
-pub(super) fn bind_add<'q>(
-    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
-    model: &'q str,
-    prompt: u64,
-    completion: u64,
-) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
-    query
-        .bind(model)
-        .bind(today())
-        .bind(i64::try_from(prompt).unwrap_or(i64::MAX))
-        .bind(i64::try_from(completion).unwrap_or(i64::MAX))
+         completion_tokens = completion_tokens + excluded.completion_tokens",
+    )?
+    .execute(rusqlite::params![
+        model,
+        today(),
+        i64::try_from(prompt).unwrap_or(i64::MAX),
+        i64::try_from(completion).unwrap_or(i64::MAX),
+    ])?;
+    Ok(())
 }
 
 impl Store {

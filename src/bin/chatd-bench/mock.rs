@@ -59,7 +59,8 @@ pub const TOOL_RESULT: &str = "84";
 
 /// What one reply looks like, carried in the model name
 /// `bench-t{tokens}-d{delay_ms}-{text|tool}`: `tokens` content chunks, one
-/// every `delay_ms` (the first at once). With `tool`, a request whose history
+/// every `delay_ms` on a fixed schedule (the first at once; chunk `i` is due
+/// `i * delay_ms` after it, however late the ones before it went out). With `tool`, a request whose history
 /// holds no tool result is answered with a `calculator` call instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplySpec {
@@ -197,9 +198,14 @@ async fn completions(body: Bytes) -> Response {
             }
             yield frame(&Chunk::finish(&model, "tool_calls"));
         } else {
+            // Token `i` is due at `first + i * delay`, on a fixed schedule,
+            // as from a model server on its own hardware: a late wake-up
+            // (this process shares two cores with chatd and the load
+            // client) delays that token, not every token after it.
+            let first = tokio::time::Instant::now();
             for i in 0..spec.tokens {
                 if i > 0 && spec.delay_ms > 0 {
-                    tokio::time::sleep(Duration::from_millis(spec.delay_ms)).await;
+                    tokio::time::sleep_until(first + Duration::from_millis(spec.delay_ms) * i as u32).await;
                 }
                 yield frame(&Chunk::delta(&model, Delta { content: Some(token(i)), ..Delta::default() }));
             }
