@@ -158,6 +158,37 @@ pub(super) fn insert_sync(tx: &rusqlite::Transaction<'_>, c: &Conversation) -> R
     Ok(())
 }
 
+/// A conversation and its number of messages.
+const FOR_TURN: &str = "SELECT c.*, (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id) \
+    AS message_count FROM conversations c WHERE c.id = ?";
+
+/// [`FOR_TURN`] on a rusqlite connection (see
+/// [`Store::conversation_for_turn`]).
+fn for_turn_now(conn: &mut rusqlite::Connection, id: Uuid) -> Result<Option<(Conversation, u64)>, StoreError> {
+    let mut statement = conn.prepare_cached(FOR_TURN)?;
+    let mut rows = statement.query([id.to_string()])?;
+    let Some(row) = rows.next()? else {
+        return Ok(None);
+    };
+    let stored_id: String = row.get("id")?;
+    let max_tokens: Option<i64> = row.get("max_tokens")?;
+    let count: i64 = row.get("message_count")?;
+    let conversation = Conversation {
+        id: parse_id(&stored_id)?,
+        title: row.get("title")?,
+        model: row.get("model")?,
+        provider: row.get("provider")?,
+        project_id: row.get("project_id")?,
+        system_prompt: row.get("system_prompt")?,
+        temperature: row.get("temperature")?,
+        max_tokens: max_tokens.and_then(|v| u32::try_from(v).ok()),
+        thinking: row.get("thinking")?,
+        created_at: row.get("created_at")?,
+        updated_at: row.get("updated_at")?,
+    };
+    Ok(Some((conversation, u64::try_from(count).unwrap_or(0))))
+}
+
 impl NewConversation {
     /// The row this creates now, with a fresh UUIDv7.
     pub fn into_conversation(self) -> Conversation {
@@ -197,14 +228,17 @@ impl Store {
 
     /// The conversation with `id` and its number of messages, in one query
     /// (what a new turn checks first), or `None`.
+    ///
+    /// Read on the writer's connection when it is free, else through the
+    /// read pool (the same query; WAL readers see every committed turn).
     pub async fn conversation_for_turn(&self, id: Uuid) -> Result<Option<(Conversation, u64)>, StoreError> {
-        let row = sqlx::query(
-            "SELECT c.*, (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id) AS message_count \
-             FROM conversations c WHERE c.id = ?",
-        )
-        .bind(id.to_string())
-        .fetch_optional(&self.pool)
-        .await?;
+        if let Some(found) = self.writer.now(|conn| for_turn_now(conn, id)) {
+            return found;
+        }
+        let row = sqlx::query(FOR_TURN)
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref()
             .map(|row| {
                 let count: i64 = row.try_get("message_count")?;
@@ -213,9 +247,6 @@ impl Store {
             .transpose()
     }
 
-    /// Up to `limit` conversations, most recently updated first. With
-    /// `before`, only those that sort after that conversation (the next page).
-    /// Returns `Ok(None)` when `before` names no conversation.
     pub async fn list_conversations(
         &self,
         limit: u32,
