@@ -140,9 +140,16 @@ pub struct LlmConfig {
     /// holding an HTTP/1.1 connection each (about 25 KB of buffers per
     /// stream). For cleartext upstreams that accept HTTP/2, such as a
     /// gateway or `chatd-bench`'s mock; HTTPS upstreams negotiate HTTP/2 on
-    /// their own. The upstream must allow as many concurrent streams as
-    /// chatd runs replies. Default false.
+    /// their own. Streams are spread over connections by
+    /// `max_streams_per_connection`. Default false.
     pub http2_prior_knowledge: bool,
+    /// Most streams one upstream connection carries before chatd opens
+    /// another (HTTP/2: HTTPS providers that negotiate it, and
+    /// `http2_prior_knowledge`). Servers cap the concurrent streams of a
+    /// connection, hosted APIs at about 100 to 256, and streams beyond the
+    /// cap wait for a free one. 0: no limit, one connection per host.
+    /// Default 100.
+    pub max_streams_per_connection: u32,
     /// Most attempts of one model round on one provider (the first try
     /// included) when it fails with a retryable error before its first chunk.
     pub max_attempts: u32,
@@ -370,6 +377,7 @@ impl Default for LlmConfig {
             idle_timeout_ms: 60_000,
             connect_timeout_ms: 10_000,
             http2_prior_knowledge: false,
+            max_streams_per_connection: 100,
             max_attempts: 3,
             retry_base_ms: 250,
             retry_max_ms: 8_000,

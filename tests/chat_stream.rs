@@ -964,6 +964,39 @@ async fn http2_prior_knowledge_reaches_the_upstream_over_h2c() {
 }
 
 #[tokio::test]
+async fn http2_streams_beyond_max_streams_per_connection_open_another_connection() {
+    let upstream = MockUpstream::start().await;
+    for _ in 0..4 {
+        upstream.push(mock::sse_with_delay(
+            &[mock::role(), mock::content("slow"), mock::finish("stop")],
+            150,
+        ));
+    }
+    let app = TestApp::start_with(
+        &upstream.base_url,
+        |c| {
+            c.llm.http2_prior_knowledge = true;
+            c.llm.max_streams_per_connection = 2;
+        },
+        ToolRegistry::with_builtins(),
+    )
+    .await;
+    // Four replies at once, two streams per connection: two connections,
+    // and every reply streams to its end.
+    let chats = (0..4).map(|i| run(&app, json!({"message": format!("chat {i}")})));
+    for (_, got) in futures::future::join_all(chats).await {
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(got[1], step(0, "text", "slow"));
+        assert_eq!(got[2].0, "done");
+    }
+    assert_eq!(upstream.versions(), [axum::http::Version::HTTP_2; 4]);
+    let mut peers = upstream.peers();
+    peers.sort();
+    peers.dedup();
+    assert_eq!(peers.len(), 2, "two streams on each of two connections: {peers:?}");
+}
+
+#[tokio::test]
 async fn stream_headers_and_keep_alive_comments() {
     let upstream = MockUpstream::start().await;
     upstream.push(MockResponse::Stream(vec![

@@ -13,7 +13,7 @@ use tokio::time::{Instant, timeout, timeout_at};
 
 use super::lines::{LineError, cap_line_length};
 use super::providers::ProviderError;
-use super::{ChatChunk, ChatRequest, LlmError, StreamItem};
+use super::{ChatChunk, ChatRequest, HttpPool, LlmError, StreamItem};
 use crate::config::{DEFAULT_PROVIDER, LlmConfig, ProviderConfig};
 
 /// Most bytes of an HTTP error body read to build an error message.
@@ -29,7 +29,7 @@ const MODELS_BODY_LIMIT: usize = 8 * 1024 * 1024;
 /// the API key nor header values.
 #[derive(Clone)]
 pub struct LlmClient {
-    http: reqwest::Client,
+    http: HttpPool,
     base_url: String,
     url: String,
     api_key: String,
@@ -37,6 +37,10 @@ pub struct LlmClient {
     first_chunk_timeout: Duration,
     idle_timeout: Duration,
     max_line_bytes: usize,
+    /// Whether streams may share a connection (HTTP/2: an HTTPS upstream,
+    /// or `llm.http2_prior_knowledge`), and so count against
+    /// `llm.max_streams_per_connection`.
+    shared_connections: bool,
 }
 
 impl std::fmt::Debug for LlmClient {
@@ -70,25 +74,11 @@ impl LlmClient {
         Self::for_provider(http, config, &provider).map_err(|e| LlmError::Unavailable(e.to_string()))
     }
 
-    /// The HTTP connection pool shared by every provider's client, with
-    /// `config.connect_timeout_ms` as its TCP connect timeout, and HTTP/2
-    /// only with `config.http2_prior_knowledge`. Fails only if
-    /// the TLS stack cannot be set up ([`LlmError::Unavailable`]).
-    pub fn http_client(config: &LlmConfig) -> Result<reqwest::Client, LlmError> {
-        // reqwest is built without a bundled crypto provider; use ring. An
-        // error means a provider is already installed, which is fine.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let builder = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
-            .tcp_nodelay(true);
-        let builder = if config.http2_prior_knowledge {
-            builder.http2_prior_knowledge()
-        } else {
-            builder
-        };
-        builder
-            .build()
-            .map_err(|e| LlmError::Unavailable(format!("cannot build HTTP client: {e}")))
+    /// The upstream HTTP clients shared by every provider's client (see
+    /// [`HttpPool`]). Fails only if the TLS stack cannot be set up
+    /// ([`LlmError::Unavailable`]).
+    pub fn http_client(config: &LlmConfig) -> Result<HttpPool, LlmError> {
+        HttpPool::new(config)
     }
 
     /// A client for one provider over the shared pool `http`: its base URL,
@@ -96,11 +86,7 @@ impl LlmClient {
     ///
     /// Errors: [`ProviderError::Invalid`] when a header name or value is not
     /// valid HTTP or the base URL is not `http(s)://`.
-    pub fn for_provider(
-        http: reqwest::Client,
-        llm: &LlmConfig,
-        provider: &ProviderConfig,
-    ) -> Result<Self, ProviderError> {
+    pub fn for_provider(http: HttpPool, llm: &LlmConfig, provider: &ProviderConfig) -> Result<Self, ProviderError> {
         let invalid = |message: String| ProviderError::Invalid {
             provider: provider.name.clone(),
             message,
@@ -120,6 +106,7 @@ impl LlmClient {
             headers.append(name, value);
         }
         let base_url = provider.base_url.trim_end_matches('/').to_string();
+        let shared_connections = llm.http2_prior_knowledge || base_url.starts_with("https://");
         Ok(Self {
             http,
             url: format!("{base_url}/chat/completions"),
@@ -129,6 +116,7 @@ impl LlmClient {
             first_chunk_timeout: Duration::from_millis(llm.first_chunk_timeout_ms),
             idle_timeout: Duration::from_millis(llm.idle_timeout_ms),
             max_line_bytes: llm.max_line_bytes,
+            shared_connections,
         })
     }
 
@@ -159,8 +147,9 @@ impl LlmClient {
         let first_ms = millis(self.first_chunk_timeout);
         // Until the first event, one deadline covers the headers and the body.
         let first_deadline = deadline_after(self.first_chunk_timeout);
-        let mut builder = self
-            .http
+        // The lane's place is held until the stream is dropped.
+        let (http, lane) = self.http.stream_client(self.shared_connections);
+        let mut builder = http
             .post(&self.url)
             .header("accept", "text/event-stream")
             .json(request)
@@ -180,6 +169,7 @@ impl LlmClient {
         let bytes = cap_line_length(response.bytes_stream(), self.max_line_bytes);
         let mut events = bytes.eventsource();
         let stream = async_stream::stream! {
+            let _lane = lane;
             let mut first = true;
             // One timer for the whole stream: each event only notes when it
             // came, and the timer, when it fires, moves to the real
@@ -260,6 +250,7 @@ impl LlmClient {
         let fetch = async {
             let mut builder = self
                 .http
+                .client()
                 .get(format!("{}/models", self.base_url))
                 .headers(self.headers.clone());
             if !self.api_key.is_empty() {

@@ -15,11 +15,13 @@
 
 mod client;
 mod lines;
+mod pool;
 mod providers;
 mod retry;
 mod types;
 
 pub use client::LlmClient;
+pub use pool::HttpPool;
 pub use providers::{
     Candidate, FailedAttempt, MODEL_LIST_TIMEOUT, NextStep, Opened, ProviderError, ProviderModels, Providers, Route,
     RouteError,

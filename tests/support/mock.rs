@@ -37,6 +37,7 @@ struct MockState {
     script: Mutex<VecDeque<MockResponse>>,
     received: Mutex<Vec<Value>>,
     versions: Mutex<Vec<Version>>,
+    peers: Mutex<Vec<std::net::SocketAddr>>,
 }
 
 /// Handle to a running mock upstream.
@@ -57,7 +58,11 @@ impl MockUpstream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind mock");
         let addr = listener.local_addr().expect("mock addr");
         tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            let _ = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .await;
         });
         Self {
             state,
@@ -76,14 +81,25 @@ impl MockUpstream {
         self.state.versions.lock().expect("versions lock").clone()
     }
 
+    /// The client address (one per connection) of every request so far.
+    pub fn peers(&self) -> Vec<std::net::SocketAddr> {
+        self.state.peers.lock().expect("peers lock").clone()
+    }
+
     /// Every request body received so far.
     pub fn received(&self) -> Vec<Value> {
         self.state.received.lock().expect("received lock").clone()
     }
 }
 
-async fn completions(State(state): State<Arc<MockState>>, version: Version, body: Bytes) -> Response {
+async fn completions(
+    State(state): State<Arc<MockState>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    version: Version,
+    body: Bytes,
+) -> Response {
     state.versions.lock().expect("versions lock").push(version);
+    state.peers.lock().expect("peers lock").push(peer);
     let parsed: Value = serde_json::from_slice(&body).unwrap_or_else(|_| json!({"unparsable": true}));
     state.received.lock().expect("received lock").push(parsed);
     let next = state.script.lock().expect("script lock").pop_front();

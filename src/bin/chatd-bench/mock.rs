@@ -118,10 +118,14 @@ pub async fn serve(listen: SocketAddr) -> anyhow::Result<bool> {
         .route("/healthz", get(|| async { "ok" }));
     // hyper's connection builder rather than `axum::serve`: HTTP/2 (h2c
     // with prior knowledge, as chatd's `llm.http2_prior_knowledge` speaks
-    // it) needs a stream limit above hyper's default 200, or chatd's
-    // 10,000 streams over one connection would queue.
+    // it) with an explicit stream limit, [`H2_MAX_STREAMS`] unless
+    // `CHATD_BENCH_MOCK_H2_STREAMS` sets another.
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http2().max_concurrent_streams(H2_MAX_STREAMS);
+    let streams = std::env::var("CHATD_BENCH_MOCK_H2_STREAMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(H2_MAX_STREAMS);
+    builder.http2().max_concurrent_streams(streams);
     loop {
         let (tcp, _) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -141,8 +145,11 @@ pub async fn serve(listen: SocketAddr) -> anyhow::Result<bool> {
     }
 }
 
-/// Concurrent HTTP/2 streams the mock allows on one connection.
-const H2_MAX_STREAMS: u32 = 100_000;
+/// Concurrent HTTP/2 streams the mock allows on one connection: hyper's
+/// default, and within what hosted APIs allow (about 100 to 256), so that
+/// `c10000` needs chatd to spread its streams over connections
+/// (`llm.max_streams_per_connection`) as a hosted API would.
+const H2_MAX_STREAMS: u32 = 200;
 
 #[derive(Deserialize)]
 struct ChatRequest {
