@@ -11,7 +11,7 @@
 //! every lane is full.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::LlmError;
@@ -32,13 +32,29 @@ struct Inner {
     /// Streams per lane before another lane is used; `usize::MAX` for one
     /// lane (`max_streams_per_connection = 0`).
     per_lane: usize,
-    lanes: Mutex<Vec<Lane>>,
+    /// The lane every pool has; HTTP/1.1 streams and `GET /models` use it.
+    first: Lane,
+    /// The lanes added when every lane was full.
+    added: Mutex<Vec<Lane>>,
 }
 
 #[derive(Debug, Clone)]
 struct Lane {
     client: reqwest::Client,
     streams: Arc<AtomicUsize>,
+}
+
+impl Lane {
+    fn new(client: reqwest::Client) -> Self {
+        Self {
+            client,
+            streams: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    fn streams(&self) -> usize {
+        self.streams.load(Ordering::Relaxed)
+    }
 }
 
 /// Holds a stream's place in its lane until dropped.
@@ -59,10 +75,6 @@ impl HttpPool {
     ///
     /// Errors: [`LlmError::Unavailable`] when the TLS stack cannot be set up.
     pub fn new(config: &LlmConfig) -> Result<Self, LlmError> {
-        let first = Lane {
-            client: build(config)?,
-            streams: Arc::new(AtomicUsize::new(0)),
-        };
         let per_lane = match config.max_streams_per_connection {
             0 => usize::MAX,
             n => n as usize,
@@ -71,7 +83,8 @@ impl HttpPool {
             inner: Arc::new(Inner {
                 config: config.clone(),
                 per_lane,
-                lanes: Mutex::new(vec![first]),
+                first: Lane::new(build(config)?),
+                added: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -83,42 +96,31 @@ impl HttpPool {
     /// keeps connections few and warm); the stream keeps its place until
     /// the guard is dropped.
     pub fn stream_client(&self, shared: bool) -> (reqwest::Client, Option<LaneGuard>) {
+        let first = &self.inner.first;
         if !shared {
-            let lanes = self
-                .inner
-                .lanes
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            return (lanes[0].client.clone(), None);
+            return (first.client.clone(), None);
         }
-        let mut lanes = self
-            .inner
-            .lanes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let found = lanes
-            .iter()
-            .find(|lane| lane.streams.load(Ordering::Relaxed) < self.inner.per_lane)
+        let mut added = self.inner.added.lock().unwrap_or_else(PoisonError::into_inner);
+        let with_room = std::iter::once(first)
+            .chain(added.iter())
+            .find(|lane| lane.streams() < self.inner.per_lane)
             .cloned();
-        let lane = match found {
+        let lane = match with_room {
             Some(lane) => lane,
-            None if lanes.len() < MAX_LANES => match build(&self.inner.config) {
+            None if added.len() + 1 < MAX_LANES => match build(&self.inner.config) {
                 Ok(client) => {
-                    let lane = Lane {
-                        client,
-                        streams: Arc::new(AtomicUsize::new(0)),
-                    };
-                    lanes.push(lane.clone());
+                    let lane = Lane::new(client);
+                    added.push(lane.clone());
                     lane
                 }
                 // The first lane was built the same way; should it fail
                 // now, the least busy lane takes the stream.
                 Err(e) => {
                     tracing::warn!(error = %e, "could not add an upstream connection lane");
-                    least_busy(&lanes)
+                    least_busy(first, &added)
                 }
             },
-            None => least_busy(&lanes),
+            None => least_busy(first, &added),
         };
         lane.streams.fetch_add(1, Ordering::Relaxed);
         (lane.client, Some(LaneGuard { streams: lane.streams }))
@@ -126,30 +128,24 @@ impl HttpPool {
 
     /// A client for a short request that is not a stream (`GET /models`).
     pub fn client(&self) -> reqwest::Client {
-        let lanes = self
-            .inner
-            .lanes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        least_busy(&lanes).client
+        self.inner.first.client.clone()
     }
 
     /// The number of lanes (for tests and metrics).
     pub fn lanes(&self) -> usize {
-        self.inner
-            .lanes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len()
+        1 + self.inner.added.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 }
 
-fn least_busy(lanes: &[Lane]) -> Lane {
-    lanes
+/// The lane with the fewest streams (the first of equals).
+fn least_busy(first: &Lane, added: &[Lane]) -> Lane {
+    added
         .iter()
-        .min_by_key(|lane| lane.streams.load(Ordering::Relaxed))
-        .cloned()
-        .unwrap_or_else(|| unreachable!("a pool always has its first lane"))
+        .fold(
+            first,
+            |best, lane| if lane.streams() < best.streams() { lane } else { best },
+        )
+        .clone()
 }
 
 /// One client with its own connection pool.
