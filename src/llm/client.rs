@@ -61,7 +61,7 @@ impl LlmClient {
     /// extra headers (the single-provider setup). Fails only if the TLS stack
     /// cannot be set up ([`LlmError::Unavailable`]).
     pub fn new(config: &LlmConfig) -> Result<Self, LlmError> {
-        let http = Self::http_client(config)?;
+        let http = HttpPool::new(config)?;
         let provider = ProviderConfig {
             name: DEFAULT_PROVIDER.to_string(),
             base_url: config.base_url.clone(),
@@ -74,14 +74,7 @@ impl LlmClient {
         Self::for_provider(http, config, &provider).map_err(|e| LlmError::Unavailable(e.to_string()))
     }
 
-    /// The upstream HTTP clients shared by every provider's client (see
-    /// [`HttpPool`]). Fails only if the TLS stack cannot be set up
-    /// ([`LlmError::Unavailable`]).
-    pub fn http_client(config: &LlmConfig) -> Result<HttpPool, LlmError> {
-        HttpPool::new(config)
-    }
-
-    /// A client for one provider over the shared pool `http`: its base URL,
+    /// A client for one provider over the shared [`HttpPool`] `http`: its base URL,
     /// key and extra headers, with the timeouts and line limit of `llm`.
     ///
     /// Errors: [`ProviderError::Invalid`] when a header name or value is not

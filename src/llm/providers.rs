@@ -10,7 +10,7 @@ use futures::stream::BoxStream;
 use serde::Serialize;
 
 use super::retry::RetryPolicy;
-use super::{ChatRequest, LlmClient, LlmError, StreamItem};
+use super::{ChatRequest, HttpPool, LlmClient, LlmError, StreamItem};
 use crate::config::Config;
 
 /// How long [`Providers::list_models`] waits for each `GET /models`.
@@ -275,7 +275,7 @@ impl Providers {
     /// [`ProviderError::Invalid`] for a duplicate name, a bad header or base
     /// URL (which [`Config::validate`] already rejects for loaded configs).
     pub fn from_config(config: &Config) -> Result<Self, ProviderError> {
-        let http = LlmClient::http_client(&config.llm).map_err(|e| ProviderError::Client(e.to_string()))?;
+        let http = HttpPool::new(&config.llm).map_err(|e| ProviderError::Client(e.to_string()))?;
         let mut entries: Vec<Entry> = Vec::new();
         for provider in config.effective_providers() {
             if entries.iter().any(|e| e.name == provider.name) {

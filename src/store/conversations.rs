@@ -117,7 +117,7 @@ pub(super) const INSERT_CONVERSATION: &str = "INSERT INTO conversations \
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
 /// Binds a conversation's columns in `INSERT_CONVERSATION` order and runs it.
-pub(super) async fn insert<'c, E>(exec: E, c: &Conversation) -> Result<(), StoreError>
+async fn insert<'c, E>(exec: E, c: &Conversation) -> Result<(), StoreError>
 where
     E: sqlx::Executor<'c, Database = sqlx::Sqlite>,
 {

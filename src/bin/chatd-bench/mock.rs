@@ -60,8 +60,9 @@ pub const TOOL_RESULT: &str = "84";
 /// What one reply looks like, carried in the model name
 /// `bench-t{tokens}-d{delay_ms}-{text|tool}`: `tokens` content chunks, one
 /// every `delay_ms` on a fixed schedule (the first at once; chunk `i` is due
-/// `i * delay_ms` after it, however late the ones before it went out). With `tool`, a request whose history
-/// holds no tool result is answered with a `calculator` call instead.
+/// `i * delay_ms` after it, however late the ones before it went out). With
+/// `tool`, a request whose history holds no tool result is answered with a
+/// `calculator` call instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplySpec {
     pub tokens: usize,
