@@ -127,6 +127,13 @@ pub enum Earlier {
 impl Generation {
     /// Runs the reply to its end and publishes every event, the terminal one
     /// last.
+    ///
+    /// The steps that last a moment (loading the history, opening the
+    /// upstream request with its retries, running tools, the final commit)
+    /// are awaited boxed: a future is as large as its largest step, and the
+    /// reply's task keeps that size for the whole reply. Boxed, the task is
+    /// 2.2 KB instead of 3.2 KB, about 8 MiB less at 10,000 streams
+    /// (BENCHMARKS.md, fix 18).
     pub async fn run(mut self) {
         let reply = self.reply.clone();
         reply.push(ChatEvent::Start(StartEvent {
@@ -140,7 +147,7 @@ impl Generation {
         active.increment(1.0);
         let mut rec = StepRecorder::started();
         let mut usage = UsageTotals::default();
-        let (base, result) = match self.history().await {
+        let (base, result) = match Box::pin(self.history()).await {
             Ok(base) => {
                 let (base, result) = self.run_loop(base, &mut rec, &mut usage).await;
                 (Some(base), result)
@@ -186,12 +193,13 @@ impl Generation {
             };
             (base, row)
         });
-        let stored = self
-            .deps
-            .store
-            .writer()
-            .finish(reply.message_id, &self.settings.model, final_reply)
-            .await;
+        let stored = Box::pin(
+            self.deps
+                .store
+                .writer()
+                .finish(reply.message_id, &self.settings.model, final_reply),
+        )
+        .await;
         let stored_ok = stored.is_ok();
 
         let terminal = match (stored, error_event, finish_reason) {
@@ -308,7 +316,7 @@ impl Generation {
                 reasoning_content: round_reasoning(rec, round),
                 tool_calls: calls.clone(),
             });
-            self.run_tools(&calls, rec, messages).await?;
+            Box::pin(self.run_tools(&calls, rec, messages)).await?;
         }
         Err(Stop::MaxIterations(max_rounds))
     }
@@ -380,7 +388,7 @@ impl Generation {
         let mut stream = tokio::select! {
             biased;
             _ = cancel.cancelled() => return Err(Stop::Cancelled),
-            opened = self.open(request) => opened.map_err(Stop::Llm)?,
+            opened = Box::pin(self.open(request)) => opened.map_err(Stop::Llm)?,
         };
         let mut splitter = ThinkSplitter::default();
         let mut calls = ToolCallAssembler::default();
