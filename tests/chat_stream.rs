@@ -575,6 +575,27 @@ async fn connection_refused_is_upstream_unavailable() {
 }
 
 #[tokio::test]
+async fn a_chunk_many_reads_long_arrives_whole_and_stored() {
+    // chatd reads an HTTP/1.1 upstream 1 KiB at a time: a 40 KB delta (a
+    // long tool argument or a model that sends a paragraph at once) spans
+    // about 40 reads and must still be one event and one stored text.
+    let long: String = (0..8_000).map(|i| format!("w{} ", i % 10)).collect();
+    let upstream = mock::raw(&[
+        &format!("data: {}\n\n", mock::content(&long)),
+        &format!("data: {}\n\n", mock::finish("stop")),
+        "data: [DONE]\n\n",
+    ]);
+    let (_, got, row) = failing_upstream(upstream, |_| {}).await;
+    assert_eq!(got.len(), 3, "start, one text step, done");
+    assert_eq!(got[1], step(0, "text", &long));
+    assert_eq!(got[2].0, "done");
+    assert_eq!(
+        (row["status"].as_str(), row["content"].as_str()),
+        (Some("complete"), Some(long.as_str()))
+    );
+}
+
+#[tokio::test]
 async fn cut_stream_and_mid_stream_error_keep_partial_text() {
     let cut = mock::raw(&[&format!("data: {}\n\n", mock::content("Hel"))]);
     let (_, got, row) = failing_upstream(cut, |_| {}).await;

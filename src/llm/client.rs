@@ -3,18 +3,44 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use http_body_util::{BodyExt, Full};
 use reqwest::StatusCode;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use serde_json::Value;
 use tokio::time::{Instant, timeout, timeout_at};
 
 use super::lines::{LineError, cap_line_length};
+use super::pool::{H1Client, LaneGuard};
 use super::providers::ProviderError;
 use super::{ChatChunk, ChatRequest, HttpPool, LlmError, StreamItem};
 use crate::config::{DEFAULT_PROVIDER, LlmConfig, ProviderConfig};
+
+/// What the upstream answered a streaming request: its status, headers and
+/// body (errors described as text), and the lane place the stream holds.
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: BoxStream<'static, Result<Bytes, String>>,
+    lane: Option<LaneGuard>,
+}
+
+impl Answer {
+    fn from_reqwest(response: reqwest::Response, lane: Option<LaneGuard>) -> Self {
+        Self {
+            status: response.status(),
+            headers: response.headers().clone(),
+            body: response
+                .bytes_stream()
+                .map(|r| r.map_err(|e| describe_error(&e)))
+                .boxed(),
+            lane,
+        }
+    }
+}
 
 /// Most bytes of an HTTP error body read to build an error message.
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
@@ -140,27 +166,16 @@ impl LlmClient {
         let first_ms = millis(self.first_chunk_timeout);
         // Until the first event, one deadline covers the headers and the body.
         let first_deadline = deadline_after(self.first_chunk_timeout);
-        // The lane's place is held until the stream is dropped.
-        let (http, lane) = self.http.stream_client(self.shared_connections);
-        let mut builder = http
-            .post(&self.url)
-            .header("accept", "text/event-stream")
-            .json(request)
-            .headers(self.headers.clone());
-        if !self.api_key.is_empty() {
-            builder = builder.bearer_auth(&self.api_key);
-        }
-        let response = timeout_at(first_deadline, builder.send())
+        let answer = timeout_at(first_deadline, self.send(request))
             .await
-            .map_err(|_| LlmError::first_chunk_timeout(first_ms))?
-            .map_err(|e| LlmError::Unavailable(describe_reqwest(&e)))?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(error_from_response(response, first_deadline).await);
+            .map_err(|_| LlmError::first_chunk_timeout(first_ms))??;
+        if !answer.status.is_success() {
+            return Err(error_from_answer(answer, first_deadline).await);
         }
 
-        let bytes = cap_line_length(response.bytes_stream(), self.max_line_bytes);
+        let bytes = cap_line_length(answer.body, self.max_line_bytes);
         let mut events = bytes.eventsource();
+        let lane = answer.lane;
         let stream = async_stream::stream! {
             let _lane = lane;
             let mut first = true;
@@ -231,6 +246,82 @@ impl LlmClient {
         Ok(stream.boxed())
     }
 
+    /// Sends the streaming request: over [`HttpPool::h1`] to a cleartext
+    /// HTTP/1.1 upstream when the pool has that client, else with reqwest
+    /// (HTTPS, HTTP/2, a proxy). Both send the same request: `POST` of the
+    /// JSON body with `Accept: text/event-stream`, the provider's headers
+    /// and `Authorization: Bearer` when there is a key.
+    ///
+    /// Errors: [`LlmError::Unavailable`] when no response came (connection
+    /// refused or reset, connect timeout, a key that is not a valid header
+    /// value).
+    async fn send(&self, request: &ChatRequest) -> Result<Answer, LlmError> {
+        if !self.shared_connections
+            && let Some(h1) = self.http.h1()
+        {
+            return self.send_h1(h1, request).await;
+        }
+        // The lane's place is held until the stream is dropped.
+        let (http, lane) = self.http.stream_client(self.shared_connections);
+        let builder = http.post(&self.url).header(ACCEPT, "text/event-stream").json(request);
+        let response = self
+            .authorized(builder)
+            .send()
+            .await
+            .map_err(|e| LlmError::Unavailable(describe_error(&e)))?;
+        Ok(Answer::from_reqwest(response, lane))
+    }
+
+    /// `builder` with the provider's headers (replacing those set before)
+    /// and, when there is a key, `Authorization: Bearer`.
+    fn authorized(&self, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        let builder = builder.headers(self.headers.clone());
+        if self.api_key.is_empty() {
+            builder
+        } else {
+            builder.bearer_auth(&self.api_key)
+        }
+    }
+
+    /// [`Self::send`] over the HTTP/1.1 client, with the same headers.
+    async fn send_h1(&self, h1: &H1Client, request: &ChatRequest) -> Result<Answer, LlmError> {
+        let json = serde_json::to_vec(request)
+            .map_err(|e| LlmError::Unavailable(format!("cannot encode the request: {e}")))?;
+        let mut http_request = http::Request::post(&self.url)
+            .body(Full::new(Bytes::from(json)))
+            .map_err(|e| LlmError::Unavailable(format!("cannot build the request: {e}")))?;
+        let headers = http_request.headers_mut();
+        headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        // As reqwest's `headers`: a provider header replaces one set above.
+        for name in self.headers.keys() {
+            headers.remove(name);
+            for value in self.headers.get_all(name) {
+                headers.append(name, value.clone());
+            }
+        }
+        if !self.api_key.is_empty() {
+            let mut value = HeaderValue::from_str(&format!("Bearer {}", self.api_key))
+                .map_err(|_| LlmError::Unavailable("the API key is not a valid HTTP header value".into()))?;
+            value.set_sensitive(true);
+            headers.insert(AUTHORIZATION, value);
+        }
+        let response = h1
+            .request(http_request)
+            .await
+            .map_err(|e| LlmError::Unavailable(describe_error(&e)))?;
+        let (parts, body) = response.into_parts();
+        Ok(Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body: body
+                .into_data_stream()
+                .map(|r| r.map_err(|e| describe_error(&e)))
+                .boxed(),
+            lane: None,
+        })
+    }
+
     /// The model ids of `GET {base_url}/models` (OpenAI list format
     /// `{"data":[{"id":...}]}`), in the server's order. The whole request,
     /// body included, must finish within `limit`.
@@ -241,25 +332,19 @@ impl LlmClient {
     /// that is not a model list.
     pub async fn list_models(&self, limit: Duration) -> Result<Vec<String>, LlmError> {
         let fetch = async {
-            let mut builder = self
-                .http
-                .client()
-                .get(format!("{}/models", self.base_url))
-                .headers(self.headers.clone());
-            if !self.api_key.is_empty() {
-                builder = builder.bearer_auth(&self.api_key);
-            }
-            let response = builder
+            let builder = self.http.client().get(format!("{}/models", self.base_url));
+            let response = self
+                .authorized(builder)
                 .send()
                 .await
-                .map_err(|e| LlmError::Unavailable(describe_reqwest(&e.without_url())))?;
+                .map_err(|e| LlmError::Unavailable(describe_error(&e.without_url())))?;
             if !response.status().is_success() {
                 return Err(error_from_response(response, deadline_after(limit)).await);
             }
             let mut body = Vec::new();
             let mut stream = response.bytes_stream();
             while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| LlmError::Unavailable(describe_reqwest(&e.without_url())))?;
+                let chunk = chunk.map_err(|e| LlmError::Unavailable(describe_error(&e.without_url())))?;
                 body.extend_from_slice(&chunk);
                 if body.len() > MODELS_BODY_LIMIT {
                     return Err(LlmError::Upstream(format!(
@@ -315,10 +400,15 @@ fn describe_sse_error<E: std::fmt::Display>(e: eventsource_stream::EventStreamEr
 /// `error` or `message` field, or from the text body.
 /// The body is read until `deadline`; a slower body is cut there.
 async fn error_from_response(response: reqwest::Response, deadline: Instant) -> LlmError {
-    let status = response.status();
-    let retry_after_ms = retry_after_ms(response.headers());
+    error_from_answer(Answer::from_reqwest(response, None), deadline).await
+}
+
+/// [`error_from_response`] for an [`Answer`].
+async fn error_from_answer(answer: Answer, deadline: Instant) -> LlmError {
+    let status = answer.status;
+    let retry_after_ms = retry_after_ms(&answer.headers);
     let mut body = Vec::new();
-    let mut stream = response.bytes_stream();
+    let mut stream = answer.body;
     while let Ok(Some(Ok(chunk))) = timeout_at(deadline, stream.next()).await {
         body.extend_from_slice(&chunk);
         if body.len() >= ERROR_BODY_LIMIT {
@@ -372,8 +462,9 @@ fn json_error_message(v: &Value) -> String {
     truncate(&text, ERROR_MESSAGE_CHARS)
 }
 
-fn describe_reqwest(e: &reqwest::Error) -> String {
-    use std::error::Error;
+/// An error and its sources, `: `-separated ("client error (Connect):
+/// tcp connect error: Connection refused (os error 111)").
+fn describe_error(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

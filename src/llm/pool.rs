@@ -14,11 +14,29 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
 use super::LlmError;
 use crate::config::LlmConfig;
 
 /// Most lanes: 1,000 × 100 streams is far beyond what one process runs.
 const MAX_LANES: usize = 1_000;
+
+/// Bytes read from an HTTP/1.1 upstream per read (bytes). A chunk of a
+/// token stream is 100 to 400 bytes; a longer line takes several reads.
+/// hyper's default reads up to 8 KiB into a buffer each connection keeps:
+/// at 10,000 streams the smaller buffer is about 40 MiB less (BENCHMARKS.md,
+/// fix 19).
+const H1_READ_BUFFER: usize = 1024;
+
+/// The client for HTTP/1.1 streams to a cleartext upstream: hyper's, as
+/// reqwest uses it, with a small read buffer (reqwest does not expose its
+/// size). Request bodies are JSON in one piece.
+pub type H1Client = Client<HttpConnector, Full<Bytes>>;
 
 /// The upstream HTTP clients, shared by every provider; cheap to clone.
 #[derive(Clone, Debug)]
@@ -32,8 +50,14 @@ struct Inner {
     /// Streams per lane before another lane is used; `usize::MAX` for one
     /// lane (`max_streams_per_connection = 0`).
     per_lane: usize,
-    /// The lane every pool has; HTTP/1.1 streams and `GET /models` use it.
+    /// The lane every pool has; `GET /models` uses it, and HTTP/1.1
+    /// streams when `h1` is `None`.
     first: Lane,
+    /// HTTP/1.1 streams to cleartext upstreams; `None` with
+    /// `llm.http2_prior_knowledge` or when a proxy is set in the
+    /// environment (reqwest honours `HTTP_PROXY` and `ALL_PROXY`, this
+    /// client does not).
+    h1: Option<H1Client>,
     /// The lanes added when every lane was full.
     added: Mutex<Vec<Lane>>,
 }
@@ -84,6 +108,7 @@ impl HttpPool {
                 config: config.clone(),
                 per_lane,
                 first: Lane::new(build(config)?),
+                h1: build_h1(config),
                 added: Mutex::new(Vec::new()),
             }),
         })
@@ -126,6 +151,13 @@ impl HttpPool {
         (lane.client, Some(LaneGuard { streams: lane.streams }))
     }
 
+    /// The client for an HTTP/1.1 stream to a cleartext upstream, when
+    /// there is one (see [`H1Client`]); else streams use
+    /// [`stream_client`](Self::stream_client).
+    pub fn h1(&self) -> Option<&H1Client> {
+        self.inner.h1.as_ref()
+    }
+
     /// A client for a short request that is not a stream (`GET /models`).
     pub fn client(&self) -> reqwest::Client {
         self.inner.first.client.clone()
@@ -166,6 +198,33 @@ fn build(config: &LlmConfig) -> Result<reqwest::Client, LlmError> {
         .map_err(|e| LlmError::Unavailable(format!("cannot build HTTP client: {e}")))
 }
 
+/// The HTTP/1.1 client (see [`H1Client`]), with reqwest's settings that
+/// matter here: the connect timeout, `TCP_NODELAY`, idle connections kept
+/// 90 s. `None` where reqwest must serve: prior knowledge (HTTP/2 only) or a
+/// proxy in the environment.
+fn build_h1(config: &LlmConfig) -> Option<H1Client> {
+    if config.http2_prior_knowledge || proxy_in_env() {
+        return None;
+    }
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(Duration::from_millis(config.connect_timeout_ms)));
+    connector.set_nodelay(true);
+    let client = Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .http1_read_buf_exact_size(H1_READ_BUFFER)
+        .build(connector);
+    Some(client)
+}
+
+/// Whether the environment sets a proxy for `http://` URLs (reqwest's
+/// variables: `HTTP_PROXY`, `ALL_PROXY`, either case).
+fn proxy_in_env() -> bool {
+    ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
+        .iter()
+        .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,6 +255,17 @@ mod tests {
         let _f = pool.stream_client(true).1;
         assert_eq!(pool.lanes(), 3);
         drop((b, c, d, e));
+    }
+
+    #[test]
+    fn cleartext_streams_get_the_small_buffer_client_unless_http2_or_a_proxy() {
+        assert_eq!(pool(100).h1().is_some(), !proxy_in_env());
+        let h2 = HttpPool::new(&LlmConfig {
+            http2_prior_knowledge: true,
+            ..LlmConfig::default()
+        })
+        .expect("pool");
+        assert!(h2.h1().is_none());
     }
 
     #[test]
