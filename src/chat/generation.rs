@@ -325,9 +325,8 @@ impl Generation {
     fn tool_definitions(&self) -> Vec<ToolDefinition> {
         self.deps
             .tools
-            .list()
+            .list_only(&self.enabled_tools)
             .into_iter()
-            .filter(|t| self.enabled_tools.contains(&t.name))
             .map(|t| ToolDefinition {
                 kind: "function",
                 function: FunctionDefinition {

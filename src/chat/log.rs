@@ -26,8 +26,10 @@ use crate::store::Writer;
 /// name and its JSON data, serialized once into its SSE frame
 /// (`id: <seq>\nevent: <name>\ndata: <JSON>\n\n`). Only the frame is kept:
 /// a reply's log is what a 20,000-token reply or 10,000 streams hold in
-/// memory, and keeping the typed event beside it doubled that.
-#[derive(Debug)]
+/// memory, and keeping the typed event beside it doubled that. The log holds
+/// these by value and subscribers get clones (a reference count on the
+/// frame): no separate allocation per event.
+#[derive(Debug, Clone)]
 pub struct LoggedEvent {
     pub seq: u64,
     /// `start`, `process_step`, `sources`, `done` or `error`.
@@ -125,7 +127,7 @@ fn frame_head(seq: u64, name: &str, data_len: usize) -> Vec<u8> {
 
 #[derive(Debug, Default)]
 struct LogState {
-    events: Vec<Arc<LoggedEvent>>,
+    events: Vec<LoggedEvent>,
     finished: bool,
 }
 
@@ -184,7 +186,7 @@ impl Reply {
     }
 
     /// A finished log holding `events` (a replay built from storage).
-    pub fn replayed(message_id: Uuid, conversation_id: Uuid, events: Vec<Arc<LoggedEvent>>) -> Self {
+    pub fn replayed(message_id: Uuid, conversation_id: Uuid, events: Vec<LoggedEvent>) -> Self {
         let reply = Self::new(message_id, conversation_id, OnDisconnect::Continue, None);
         {
             let mut state = reply.state();
@@ -249,7 +251,7 @@ impl Reply {
     }
 
     /// The terminal event, once appended.
-    pub fn terminal(&self) -> Option<Arc<LoggedEvent>> {
+    pub fn terminal(&self) -> Option<LoggedEvent> {
         let state = self.state();
         state.events.last().filter(|e| e.is_terminal()).cloned()
     }
@@ -276,21 +278,22 @@ impl Reply {
     /// Appends `event`; returns its seq. Events after a terminal one are
     /// ignored (returns 0).
     pub fn push(&self, event: ChatEvent) -> u64 {
-        let logged = {
+        let (seq, name, data) = {
             let mut state = self.state();
             if state.finished {
                 return 0;
             }
-            let logged = Arc::new(LoggedEvent::new(state.events.len() as u64 + 1, event));
+            let logged = LoggedEvent::new(state.events.len() as u64 + 1, event);
             state.finished = logged.is_terminal();
-            state.events.push(logged.clone());
-            logged
+            let sunk = (logged.seq, logged.name, self.sink.as_ref().map(|_| logged.data_bytes()));
+            state.events.push(logged);
+            sunk
         };
-        if let Some(sink) = &self.sink {
-            sink.event(self.message_id, logged.seq, logged.name, logged.data_bytes());
+        if let (Some(sink), Some(data)) = (&self.sink, data) {
+            sink.event(self.message_id, seq, name, data);
         }
         self.appended.notify_waiters();
-        logged.seq
+        seq
     }
 
     /// Whether the terminal event has been appended.
@@ -302,7 +305,7 @@ impl Reply {
     /// the terminal event. When the last subscriber of an unfinished reply is
     /// dropped and the policy is [`OnDisconnect::Cancel`], the reply is
     /// cancelled.
-    pub fn subscribe(self: &Arc<Self>, after: u64) -> impl Stream<Item = Arc<LoggedEvent>> + Send + 'static {
+    pub fn subscribe(self: &Arc<Self>, after: u64) -> impl Stream<Item = LoggedEvent> + Send + 'static {
         let guard = SubscriberGuard::new(self.clone());
         let mut next = usize::try_from(after).unwrap_or(usize::MAX);
         async_stream::stream! {

@@ -7,15 +7,13 @@
 //! window the replay is compact: `start`, one `process_step` per stored step
 //! with its full `content`, and the terminal event.
 
-use std::sync::Arc;
-
 use super::events::{ChatEvent, DoneEvent, ErrorEvent, StartEvent, UsageTotals};
 use super::log::LoggedEvent;
 use super::steps::StoredStep;
 use crate::store::{MessageRow, Status, Store, StoreError};
 
 /// The events to replay for a reply that is no longer in memory.
-pub async fn from_store(store: &Store, message: &MessageRow) -> Result<Vec<Arc<LoggedEvent>>, StoreError> {
+pub async fn from_store(store: &Store, message: &MessageRow) -> Result<Vec<LoggedEvent>, StoreError> {
     let rows = store.reply_events(message.id).await?;
     let contiguous = rows.iter().enumerate().all(|(i, (seq, _, _))| *seq == i as u64 + 1);
     if !rows.is_empty() && contiguous {
@@ -25,17 +23,17 @@ pub async fn from_store(store: &Store, message: &MessageRow) -> Result<Vec<Arc<L
                 tracing::warn!(message_id = %message.id, seq, "unreadable stored event; using a compact replay");
                 return compact(store, message).await;
             };
-            events.push(Arc::new(LoggedEvent::from_json(seq, event.name(), &data)));
+            events.push(LoggedEvent::from_json(seq, event.name(), &data));
         }
         if !events.last().is_some_and(|e| e.is_terminal()) {
-            events.push(Arc::new(LoggedEvent::new(events.len() as u64 + 1, terminal(message))));
+            events.push(LoggedEvent::new(events.len() as u64 + 1, terminal(message)));
         }
         return Ok(events);
     }
     compact(store, message).await
 }
 
-async fn compact(store: &Store, message: &MessageRow) -> Result<Vec<Arc<LoggedEvent>>, StoreError> {
+async fn compact(store: &Store, message: &MessageRow) -> Result<Vec<LoggedEvent>, StoreError> {
     let user_message_id = store.user_message_before(message).await?.unwrap_or_default();
     let mut events = vec![ChatEvent::Start(StartEvent {
         conversation_id: message.conversation_id,
@@ -49,7 +47,7 @@ async fn compact(store: &Store, message: &MessageRow) -> Result<Vec<Arc<LoggedEv
     Ok(events
         .into_iter()
         .enumerate()
-        .map(|(i, e)| Arc::new(LoggedEvent::new(i as u64 + 1, e)))
+        .map(|(i, e)| LoggedEvent::new(i as u64 + 1, e))
         .collect())
 }
 

@@ -162,6 +162,11 @@ impl StepRecorder {
     fn push_stored(&mut self, kind: StepKind) -> usize {
         let index = self.next_index;
         self.next_index += 1;
+        if self.stored.is_empty() {
+            // Most replies have one step (their text): room for one, not
+            // the four a first push reserves (about 100 bytes each).
+            self.stored.reserve_exact(1);
+        }
         self.stored.push(StoredStep {
             round: self.round,
             step: StepEvent {

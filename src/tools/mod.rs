@@ -313,7 +313,27 @@ impl ToolRegistry {
     /// Every tool's name, description, schema, origin and approval, sorted
     /// by name.
     pub fn list(&self) -> Vec<ToolInfo> {
-        let tools: Vec<(String, Arc<Registered>)> = self.read().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        self.list_where(|_| true)
+    }
+
+    /// [`ToolRegistry::list`] limited to the tools named in `names` (unknown
+    /// names are skipped), in the same order. Only those tools' schemas are
+    /// cloned, and no names means no allocation: every reply asks for its
+    /// tools, most for none or a few.
+    pub fn list_only(&self, names: &[String]) -> Vec<ToolInfo> {
+        if names.is_empty() {
+            return Vec::new();
+        }
+        self.list_where(|name| names.iter().any(|n| n == name))
+    }
+
+    fn list_where(&self, keep: impl Fn(&str) -> bool) -> Vec<ToolInfo> {
+        let tools: Vec<(String, Arc<Registered>)> = self
+            .read()
+            .iter()
+            .filter(|(k, _)| keep(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         tools
             .into_iter()
             .map(|(name, r)| ToolInfo {
@@ -372,5 +392,25 @@ mod registry_tests {
         assert_eq!(registry.approval("read_file"), Approval::Auto);
         let registry = registry.with_approval(BTreeMap::from([("write_file".to_string(), Approval::Auto)]));
         assert_eq!(registry.approval("write_file"), Approval::Auto);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_only_keeps_the_named_tools_in_name_order() {
+        let registry = ToolRegistry::with_builtins();
+        assert_eq!(registry.list_only(&[]), Vec::new());
+        let asked = [
+            "get_current_time".to_string(),
+            "nope".to_string(),
+            "calculator".to_string(),
+        ];
+        let names: Vec<String> = registry.list_only(&asked).into_iter().map(|t| t.name).collect();
+        assert_eq!(names, ["calculator", "get_current_time"]);
+        let calculator: Vec<ToolInfo> = registry.list().into_iter().filter(|t| t.name == "calculator").collect();
+        assert_eq!(registry.list_only(&["calculator".to_string()]), calculator);
     }
 }
