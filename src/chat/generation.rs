@@ -110,6 +110,8 @@ pub(super) struct Generation {
     pub earlier: Earlier,
     /// The conversation's number of stored messages before this turn.
     pub earlier_count: u64,
+    /// How long the finished reply stays in memory for resuming clients.
+    pub retention: std::time::Duration,
 }
 
 /// The messages of a conversation before a turn (upstream shape, without
@@ -133,7 +135,11 @@ impl Generation {
     /// are awaited boxed: a future is as large as its largest step, and the
     /// reply's task keeps that size for the whole reply. Boxed, the task is
     /// 2.2 KB instead of 3.2 KB, about 8 MiB less at 10,000 streams
-    /// (BENCHMARKS.md, fix 18).
+    /// (BENCHMARKS.md, fix 18). This future is what is spawned, with nothing
+    /// around it but the reply's span: a wrapping `async` block would keep a
+    /// second copy of the `Generation` (BENCHMARKS.md, fix 20).
+    ///
+    /// Ends by scheduling the reply's removal from memory after `retention`.
     pub async fn run(mut self) {
         let reply = self.reply.clone();
         reply.push(ChatEvent::Start(StartEvent {
@@ -244,6 +250,8 @@ impl Generation {
         metrics::counter!("chatd_tokens_total", "model" => model, "direction" => "completion")
             .increment(usage.completion_tokens);
         drop(self.guard);
+        self.replies.expire(reply.message_id, self.retention);
+        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "reply finished");
     }
 
     /// The conversation's messages up to this turn's user message (upstream

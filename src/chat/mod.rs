@@ -378,21 +378,10 @@ impl ChatService {
             user_content: turn.user_content.clone(),
             earlier,
             earlier_count,
+            retention: Duration::from_millis(config.chat.replay_retention_ms).min(MEMORY_RETENTION),
         };
-        let registry = self.replies.clone();
-        let finished = reply.clone();
-        let retention = Duration::from_millis(config.chat.replay_retention_ms).min(MEMORY_RETENTION);
         let span = tracing::info_span!("reply", conversation_id = %conversation.id, message_id = %message_id);
-        tokio::spawn(tracing::Instrument::instrument(
-            async move {
-                let started = std::time::Instant::now();
-                generation.run().await;
-                tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "reply finished");
-                registry.finished(&finished);
-                registry.expire(message_id, retention);
-            },
-            span,
-        ));
+        tokio::spawn(tracing::Instrument::instrument(generation.run(), span));
         Ok(reply)
     }
 
