@@ -402,14 +402,18 @@ impl Generation {
         let mut finish_reason = None;
         let mut round_usage = None;
         let mut saw_done = false;
-        // One wait for the whole round, not a new one per chunk.
+        // One wait for the whole round, not a new one per chunk. The stream
+        // is polled first: checking the token takes a lock, and this way it
+        // is checked once per wake-up (when the stream has nothing more)
+        // rather than twice per chunk. A cancel is still seen as soon as the
+        // stream waits, or when tokio's budget makes it yield.
         let cancelled = cancel.cancelled();
         tokio::pin!(cancelled);
         loop {
             let item = tokio::select! {
                 biased;
-                _ = &mut cancelled => return Err(Stop::Cancelled),
                 item = stream.next() => item,
+                _ = &mut cancelled => return Err(Stop::Cancelled),
             };
             let chunk = match item {
                 None => break,
