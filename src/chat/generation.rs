@@ -137,7 +137,7 @@ impl Generation {
     /// 2.2 KB instead of 3.2 KB, about 8 MiB less at 10,000 streams
     /// (BENCHMARKS.md, fix 18). This future is what is spawned, with nothing
     /// around it but the reply's span: a wrapping `async` block would keep a
-    /// second copy of the `Generation` (BENCHMARKS.md, fix 20).
+    /// second copy of the `Generation` (BENCHMARKS.md, fix 21).
     ///
     /// Ends by scheduling the reply's removal from memory after `retention`.
     pub async fn run(mut self) {

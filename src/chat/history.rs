@@ -114,7 +114,17 @@ impl HistoryCache {
     }
 
     /// Keeps `messages`, built from `count` stored messages of `conversation`.
-    pub fn put(&self, conversation: Uuid, count: u64, messages: Vec<RequestMessage>) {
+    /// Messages not yet serialized are serialized here, once (usually the
+    /// turn's two new ones): the next turns copy their JSON.
+    pub fn put(&self, conversation: Uuid, count: u64, mut messages: Vec<RequestMessage>) {
+        for message in messages.iter_mut().rev() {
+            if matches!(message, RequestMessage::Json(_)) {
+                // Older messages were serialized by an earlier put.
+                break;
+            }
+            let typed = std::mem::replace(message, RequestMessage::User { content: String::new() });
+            *message = typed.into_json();
+        }
         let mut inner = self.lock();
         if inner.map.len() >= CACHED_CONVERSATIONS
             && !inner.map.contains_key(&conversation)
@@ -229,6 +239,43 @@ mod tests {
         assert!(cache.take(ids[1], 2).is_none(), "the least recently used went");
         assert!(cache.take(ids[0], 4).is_some());
         assert!(cache.take(ids[2], 2).is_some());
+    }
+
+    #[test]
+    fn cached_messages_are_kept_serialized_and_send_the_same_json() {
+        let cache = HistoryCache::default();
+        let a = Uuid::now_v7();
+        let typed = vec![
+            user("hi \"there\"\n"),
+            RequestMessage::Assistant {
+                content: String::new(),
+                reasoning_content: Some("hm".into()),
+                tool_calls: vec![ToolCall {
+                    id: "c1".into(),
+                    kind: "function".into(),
+                    function: FunctionCall {
+                        name: "calculator".into(),
+                        arguments: "{\"expression\":\"1+1\"}".into(),
+                    },
+                }],
+            },
+            RequestMessage::Tool {
+                tool_call_id: "c1".into(),
+                content: "2".into(),
+            },
+        ];
+        cache.put(a, 3, typed.clone());
+        let mut cached = cache.take(a, 3).expect("cached");
+        assert!(cached.iter().all(|m| matches!(m, RequestMessage::Json(_))));
+        let json = |m: &[RequestMessage]| serde_json::to_string(m).expect("serializes");
+        assert_eq!(json(&cached), json(&typed));
+        // The next turn adds typed messages after the serialized ones.
+        cached.push(user("next"));
+        let expected = json(&cached);
+        cache.put(a, 4, cached);
+        let again = cache.take(a, 4).expect("cached");
+        assert!(matches!(again.last(), Some(RequestMessage::Json(_))));
+        assert_eq!(json(&again), expected);
     }
 
     #[test]
