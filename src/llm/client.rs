@@ -7,14 +7,15 @@ use bytes::Bytes;
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use serde_json::Value;
 use tokio::time::{Instant, timeout, timeout_at};
 
+use super::h1::H1Pool;
 use super::lines::{LineError, cap_line_length};
-use super::pool::{H1Client, LaneGuard};
+use super::pool::LaneGuard;
 use super::providers::ProviderError;
 use super::{ChatChunk, ChatRequest, HttpPool, LlmError, StreamItem};
 use crate::config::{DEFAULT_PROVIDER, LlmConfig, ProviderConfig};
@@ -284,7 +285,7 @@ impl LlmClient {
     }
 
     /// [`Self::send`] over the HTTP/1.1 client, with the same headers.
-    async fn send_h1(&self, h1: &H1Client, request: &ChatRequest) -> Result<Answer, LlmError> {
+    async fn send_h1(&self, h1: &H1Pool, request: &ChatRequest) -> Result<Answer, LlmError> {
         let json = serde_json::to_vec(request)
             .map_err(|e| LlmError::Unavailable(format!("cannot encode the request: {e}")))?;
         let mut http_request = http::Request::post(&self.url)
@@ -306,18 +307,11 @@ impl LlmClient {
             value.set_sensitive(true);
             headers.insert(AUTHORIZATION, value);
         }
-        let response = h1
-            .request(http_request)
-            .await
-            .map_err(|e| LlmError::Unavailable(describe_error(&e)))?;
-        let (parts, body) = response.into_parts();
+        let (parts, body) = h1.send(http_request).await.map_err(LlmError::Unavailable)?;
         Ok(Answer {
             status: parts.status,
             headers: parts.headers,
-            body: body
-                .into_data_stream()
-                .map(|r| r.map_err(|e| describe_error(&e)))
-                .boxed(),
+            body: body.boxed(),
             lane: None,
         })
     }
@@ -464,7 +458,7 @@ fn json_error_message(v: &Value) -> String {
 
 /// An error and its sources, `: `-separated ("client error (Connect):
 /// tcp connect error: Connection refused (os error 111)").
-fn describe_error(e: &dyn std::error::Error) -> String {
+pub(super) fn describe_error(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

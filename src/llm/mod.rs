@@ -14,6 +14,7 @@
 //! [`RetryPolicy`], until one stream produces its first item.
 
 mod client;
+mod h1;
 mod lines;
 mod pool;
 mod providers;

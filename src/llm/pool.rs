@@ -14,29 +14,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-
 use super::LlmError;
+use super::h1::H1Pool;
 use crate::config::LlmConfig;
 
 /// Most lanes: 1,000 × 100 streams is far beyond what one process runs.
 const MAX_LANES: usize = 1_000;
-
-/// Bytes read from an HTTP/1.1 upstream per read (bytes). A chunk of a
-/// token stream is 100 to 400 bytes; a longer line takes several reads.
-/// hyper's default reads up to 8 KiB into a buffer each connection keeps:
-/// at 10,000 streams the smaller buffer is about 40 MiB less (BENCHMARKS.md,
-/// fix 19).
-const H1_READ_BUFFER: usize = 1024;
-
-/// The client for HTTP/1.1 streams to a cleartext upstream: hyper's, as
-/// reqwest uses it, with a small read buffer (reqwest does not expose its
-/// size). Request bodies are JSON in one piece.
-pub type H1Client = Client<HttpConnector, Full<Bytes>>;
 
 /// The upstream HTTP clients, shared by every provider; cheap to clone.
 #[derive(Clone, Debug)]
@@ -57,7 +40,7 @@ struct Inner {
     /// `llm.http2_prior_knowledge` or when a proxy is set in the
     /// environment (reqwest honours `HTTP_PROXY` and `ALL_PROXY`, this
     /// client does not).
-    h1: Option<H1Client>,
+    h1: Option<H1Pool>,
     /// The lanes added when every lane was full.
     added: Mutex<Vec<Lane>>,
 }
@@ -151,10 +134,10 @@ impl HttpPool {
         (lane.client, Some(LaneGuard { streams: lane.streams }))
     }
 
-    /// The client for an HTTP/1.1 stream to a cleartext upstream, when
-    /// there is one (see [`H1Client`]); else streams use
+    /// The connections for HTTP/1.1 streams to a cleartext upstream, when
+    /// chatd makes them itself (see [`H1Pool`]); else streams use
     /// [`stream_client`](Self::stream_client).
-    pub fn h1(&self) -> Option<&H1Client> {
+    pub fn h1(&self) -> Option<&H1Pool> {
         self.inner.h1.as_ref()
     }
 
@@ -198,23 +181,15 @@ fn build(config: &LlmConfig) -> Result<reqwest::Client, LlmError> {
         .map_err(|e| LlmError::Unavailable(format!("cannot build HTTP client: {e}")))
 }
 
-/// The HTTP/1.1 client (see [`H1Client`]), with reqwest's settings that
-/// matter here: the connect timeout, `TCP_NODELAY`, idle connections kept
-/// 90 s. `None` where reqwest must serve: prior knowledge (HTTP/2 only) or a
-/// proxy in the environment.
-fn build_h1(config: &LlmConfig) -> Option<H1Client> {
+/// The HTTP/1.1 connections (see [`H1Pool`]), with reqwest's settings
+/// that matter here: the connect timeout, `TCP_NODELAY`, idle connections
+/// kept 90 s. `None` where reqwest must serve: prior knowledge (HTTP/2
+/// only) or a proxy in the environment.
+fn build_h1(config: &LlmConfig) -> Option<H1Pool> {
     if config.http2_prior_knowledge || proxy_in_env() {
         return None;
     }
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(Duration::from_millis(config.connect_timeout_ms)));
-    connector.set_nodelay(true);
-    let client = Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .http1_read_buf_exact_size(H1_READ_BUFFER)
-        .build(connector);
-    Some(client)
+    Some(H1Pool::new(Duration::from_millis(config.connect_timeout_ms)))
 }
 
 /// Whether the environment sets a proxy for `http://` URLs (reqwest's
