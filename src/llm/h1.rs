@@ -17,7 +17,7 @@
 //! its end, as hyper's client does: per host and port, the most recently
 //! used first, closed after [`IDLE_TIMEOUT`] unused. A kept connection the
 //! server closed meanwhile is noticed when it is taken (its end of stream
-//! was read), and a request that could not be written to a kept connection
+//! was read) or by the sweep every [`SWEEP_INTERVAL`], and a request that could not be written to a kept connection
 //! is sent again on another one; a request that may have reached the server
 //! is never sent twice.
 
@@ -98,7 +98,14 @@ pub struct H1Pool {
 struct Inner {
     connect_timeout: Duration,
     idle: Mutex<HashMap<Key, VecDeque<Idle>>>,
+    /// Whether the task that closes unused connections runs.
+    sweeping: AtomicBool,
 }
+
+/// How often kept connections are checked (30 s): those unused for
+/// [`IDLE_TIMEOUT`] are closed, and so are those the upstream closed, which
+/// would otherwise hold a socket until the next request to that upstream.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
 impl std::fmt::Debug for H1Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -203,6 +210,7 @@ impl H1Pool {
             inner: Arc::new(Inner {
                 connect_timeout,
                 idle: Mutex::new(HashMap::new()),
+                sweeping: AtomicBool::new(false),
             }),
         }
     }
@@ -337,7 +345,7 @@ impl Inner {
     }
 
     /// Keeps `conn` for the next request to `key`, if it is still open.
-    fn check_in(&self, key: Key, mut conn: Conn) {
+    fn check_in(self: &Arc<Self>, key: Key, mut conn: Conn) {
         // Lets the connection finish reading the response and go idle, or
         // notice that the server closes it (`Connection: close`).
         conn.drive(&mut Context::from_waker(Waker::noop()));
@@ -351,6 +359,44 @@ impl Inner {
             conn,
             since: Instant::now(),
         });
+        drop(idle);
+        self.sweep_later();
+    }
+
+    /// Starts the task that runs [`Inner::sweep`] every [`SWEEP_INTERVAL`]
+    /// while the pool exists, unless it runs already or there is no tokio
+    /// runtime here.
+    fn sweep_later(self: &Arc<Self>) {
+        if self.sweeping.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.sweeping.store(false, Ordering::Relaxed);
+            return;
+        };
+        let pool = Arc::downgrade(self);
+        runtime.spawn(async move {
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + SWEEP_INTERVAL, SWEEP_INTERVAL);
+            loop {
+                ticks.tick().await;
+                let Some(pool) = pool.upgrade() else { return };
+                pool.sweep();
+            }
+        });
+    }
+
+    /// Closes the kept connections that expired or that the upstream closed.
+    fn sweep(&self) {
+        let mut noop = Context::from_waker(Waker::noop());
+        let mut idle = self.lock();
+        for list in idle.values_mut() {
+            expire(list);
+            list.retain_mut(|entry| {
+                entry.conn.drive(&mut noop);
+                entry.conn.is_open()
+            });
+        }
+        idle.retain(|_, list| !list.is_empty());
     }
 }
 
@@ -502,6 +548,38 @@ mod tests {
             Ok(("[::1]:11434".to_string(), "::1".to_string(), 11434))
         );
         assert!(target(&uri("https://api.example.com/v1")).is_err());
+    }
+
+    #[tokio::test]
+    async fn kept_connections_the_upstream_closed_are_swept() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            let mut buf = [0u8; 1024];
+            let _ = socket.read(&mut buf).await;
+            let _ = socket
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+            // The upstream's keep-alive ends while chatd keeps the connection.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            drop(socket);
+        });
+        let pool = H1Pool::new(Duration::from_secs(1));
+        let request = Request::post(format!("http://{addr}/v1/chat/completions"))
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let (parts, body) = pool.send(request).await.expect("response");
+        assert_eq!(parts.status, 200);
+        let data: Vec<_> = futures::StreamExt::collect(body).await;
+        assert_eq!(data, vec![Ok(Bytes::from_static(b"ok"))]);
+        assert_eq!(pool.idle_count(), 1, "read to its end, the connection is kept");
+        pool.inner.sweep();
+        assert_eq!(pool.idle_count(), 1, "still open");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        pool.inner.sweep();
+        assert_eq!(pool.idle_count(), 0, "closed by the upstream");
     }
 
     #[tokio::test]
