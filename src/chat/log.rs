@@ -10,11 +10,11 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::Stream;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -129,6 +129,8 @@ fn frame_head(seq: u64, name: &str, data_len: usize) -> Vec<u8> {
 struct LogState {
     events: Vec<LoggedEvent>,
     finished: bool,
+    /// Readers waiting for the next append, woken (and removed) by it.
+    waiting: Vec<Waker>,
 }
 
 /// A running or recently finished reply: its event log and its cancel switch.
@@ -137,8 +139,6 @@ pub struct Reply {
     pub message_id: Uuid,
     pub conversation_id: Uuid,
     state: Mutex<LogState>,
-    /// Woken on every append; subscribers wait on it.
-    appended: Notify,
     /// Cancels the generation (upstream request and running tools).
     pub cancel: CancellationToken,
     subscribers: AtomicUsize,
@@ -175,7 +175,6 @@ impl Reply {
             message_id,
             conversation_id,
             state: Mutex::new(LogState::default()),
-            appended: Notify::new(),
             cancel: CancellationToken::new(),
             subscribers: AtomicUsize::new(0),
             on_disconnect,
@@ -258,16 +257,30 @@ impl Reply {
 
     /// Waits until the terminal event is appended.
     pub async fn finished(&self) {
-        loop {
-            // Registered before the check, so an append in between wakes it.
-            let appended = self.appended.notified();
-            tokio::pin!(appended);
-            appended.as_mut().enable();
-            if self.is_finished() {
-                return;
+        std::future::poll_fn(|cx| {
+            let mut state = self.state();
+            if state.finished {
+                return Poll::Ready(());
             }
-            appended.await;
+            wait_for_append(&mut state, cx);
+            Poll::Pending
+        })
+        .await;
+    }
+
+    /// The event at `index` (0-based: seq `index + 1`); `Ready(None)` when
+    /// the log is finished and has no such event; `Pending` until it is
+    /// appended (then `cx` is woken).
+    pub fn poll_event(&self, index: usize, cx: &mut Context<'_>) -> Poll<Option<LoggedEvent>> {
+        let mut state = self.state();
+        if let Some(event) = state.events.get(index) {
+            return Poll::Ready(Some(event.clone()));
         }
+        if state.finished {
+            return Poll::Ready(None);
+        }
+        wait_for_append(&mut state, cx);
+        Poll::Pending
     }
 
     fn state(&self) -> MutexGuard<'_, LogState> {
@@ -287,12 +300,16 @@ impl Reply {
             state.finished = logged.is_terminal();
             let sunk = (logged.seq, logged.name, self.sink.as_ref().map(|_| logged.data_bytes()));
             state.events.push(logged);
+            // Woken under the lock, so the list keeps its capacity: a wake
+            // only queues the reader's task.
+            for waker in state.waiting.drain(..) {
+                waker.wake();
+            }
             sunk
         };
         if let (Some(sink), Some(data)) = (&self.sink, data) {
             sink.event(self.message_id, seq, name, data);
         }
-        self.appended.notify_waiters();
         seq
     }
 
@@ -305,32 +322,48 @@ impl Reply {
     /// the terminal event. When the last subscriber of an unfinished reply is
     /// dropped and the policy is [`OnDisconnect::Cancel`], the reply is
     /// cancelled.
-    pub fn subscribe(self: &Arc<Self>, after: u64) -> impl Stream<Item = LoggedEvent> + Send + 'static {
-        let guard = SubscriberGuard::new(self.clone());
-        let mut next = usize::try_from(after).unwrap_or(usize::MAX);
-        async_stream::stream! {
-            let reply = &guard.reply;
-            loop {
-                // Registered before reading, so an append while this
-                // subscriber yields (or in between) wakes it.
-                let appended = reply.appended.notified();
-                tokio::pin!(appended);
-                appended.as_mut().enable();
-                let (batch, finished) = {
-                    let state = reply.state();
-                    let start = next.min(state.events.len());
-                    (state.events[start..].to_vec(), state.finished)
-                };
-                next += batch.len();
-                for event in batch {
-                    yield event;
-                }
-                if finished {
-                    break;
-                }
-                appended.await;
-            }
+    pub fn subscribe(self: &Arc<Self>, after: u64) -> Subscription {
+        Subscription {
+            guard: SubscriberGuard::new(self.clone()),
+            next: usize::try_from(after).unwrap_or(usize::MAX),
         }
+    }
+}
+
+/// Registers `cx` to be woken by the next append (once, however often the
+/// reader polls in between).
+fn wait_for_append(state: &mut LogState, cx: &mut Context<'_>) {
+    if !state.waiting.iter().any(|w| w.will_wake(cx.waker())) {
+        state.waiting.push(cx.waker().clone());
+    }
+}
+
+/// A reader of a reply's log (see [`Reply::subscribe`]): a stream of its
+/// events in order, from where it started to the terminal event. It counts
+/// as a subscriber until dropped.
+pub struct Subscription {
+    guard: SubscriberGuard,
+    /// Index of the next event to read.
+    next: usize,
+}
+
+impl Subscription {
+    /// The reply read.
+    pub fn reply(&self) -> &Arc<Reply> {
+        &self.guard.reply
+    }
+}
+
+impl Stream for Subscription {
+    type Item = LoggedEvent;
+
+    fn poll_next(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<LoggedEvent>> {
+        let this = self.get_mut();
+        let event = std::task::ready!(this.guard.reply.poll_event(this.next, cx));
+        if event.is_some() {
+            this.next += 1;
+        }
+        Poll::Ready(event)
     }
 }
 

@@ -7,7 +7,9 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -15,12 +17,14 @@ use axum::http::HeaderValue;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::Response;
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::Stream;
+use hyper::body::Frame;
 use serde::Deserialize;
 use serde_json::json;
+use tokio::time::Sleep;
 
 use crate::chat::events::{ChatEvent, StepKind};
-use crate::chat::log::{LoggedEvent, Reply};
+use crate::chat::log::{LoggedEvent, Reply, Subscription};
 use crate::config::ChatConfig;
 
 /// How thinking and text steps carry their text: `delta` (default) or
@@ -57,49 +61,81 @@ impl<'de> Deserialize<'de> for StreamMode {
 /// stream, not reset per event.
 pub fn sse_response(reply: &Arc<Reply>, after: u64, mode: StreamMode, config: &ChatConfig) -> Response {
     let start = if mode == StreamMode::Accumulated { 0 } else { after };
-    let mut so_far: HashMap<String, String> = HashMap::new();
-    let frames = reply.subscribe(start).filter_map(move |logged| {
-        // Accumulated mode reads every event, the skipped ones included.
-        let data = match mode {
-            StreamMode::Delta => None,
-            StreamMode::Accumulated => logged.event().and_then(|event| accumulate(&mut so_far, &event)),
-        };
-        let frame = (logged.seq > after).then(|| match data {
-            Some(data) => LoggedEvent::from_json(logged.seq, logged.name, &data).frame(),
-            None => logged.frame(),
-        });
-        std::future::ready(frame)
-    });
     let period = Duration::from_millis(config.keepalive_interval_ms.max(1));
-    let body = async_stream::stream! {
-        tokio::pin!(frames);
-        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut sent = false;
-        loop {
-            tokio::select! {
-                biased;
-                frame = frames.next() => match frame {
-                    Some(frame) => {
-                        sent = true;
-                        yield Ok::<_, Infallible>(frame);
-                    }
-                    None => break,
-                },
-                _ = ticks.tick() => {
-                    if !std::mem::take(&mut sent) {
-                        yield Ok(Bytes::from_static(KEEP_ALIVE));
-                    }
-                }
-            }
-        }
+    let body = EventBody {
+        events: reply.subscribe(start),
+        after,
+        so_far: (mode == StreamMode::Accumulated).then(HashMap::new),
+        keepalive: Box::pin(tokio::time::sleep(period)),
+        period,
+        sent: false,
     };
-    let mut response = Response::new(Body::from_stream(body));
+    let mut response = Response::new(Body::new(body));
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
+}
+
+/// The body of an SSE response: one frame per event read from the log,
+/// and keep-alive comments. It reads the log itself (one lock per event),
+/// rather than through a chain of stream adapters: this runs once per
+/// token per client.
+struct EventBody {
+    events: Subscription,
+    /// Events up to this seq are read (accumulated mode) but not sent.
+    after: u64,
+    /// Accumulated mode: every step's text so far, by step id.
+    so_far: Option<HashMap<String, String>>,
+    keepalive: Pin<Box<Sleep>>,
+    period: Duration,
+    /// Whether an event was sent since the last keep-alive deadline.
+    sent: bool,
+}
+
+impl EventBody {
+    /// The frame to send for `logged`, if any.
+    fn frame(&mut self, logged: &LoggedEvent) -> Option<Bytes> {
+        // Accumulated mode reads every event, the skipped ones included.
+        let data = self
+            .so_far
+            .as_mut()
+            .and_then(|so_far| logged.event().and_then(|event| accumulate(so_far, &event)));
+        (logged.seq > self.after).then(|| match data {
+            Some(data) => LoggedEvent::from_json(logged.seq, logged.name, &data).frame(),
+            None => logged.frame(),
+        })
+    }
+}
+
+impl hyper::body::Body for EventBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        loop {
+            match Pin::new(&mut this.events).poll_next(cx) {
+                Poll::Ready(Some(logged)) => {
+                    if let Some(frame) = this.frame(&logged) {
+                        this.sent = true;
+                        return Poll::Ready(Some(Ok(Frame::data(frame))));
+                    }
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => break,
+            }
+        }
+        while this.keepalive.as_mut().poll(cx).is_ready() {
+            let next = tokio::time::Instant::now() + this.period;
+            this.keepalive.as_mut().reset(next);
+            if !std::mem::take(&mut this.sent) {
+                return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(KEEP_ALIVE)))));
+            }
+        }
+        Poll::Pending
+    }
 }
 
 /// An SSE comment line and the blank line after it; clients ignore it.
