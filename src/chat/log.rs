@@ -347,13 +347,6 @@ pub struct Subscription {
     next: usize,
 }
 
-impl Subscription {
-    /// The reply read.
-    pub fn reply(&self) -> &Arc<Reply> {
-        &self.guard.reply
-    }
-}
-
 impl Stream for Subscription {
     type Item = LoggedEvent;
 
