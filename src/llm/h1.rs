@@ -17,9 +17,9 @@
 //! its end, as hyper's client does: per host and port, the most recently
 //! used first, closed after [`IDLE_TIMEOUT`] unused. A kept connection the
 //! server closed meanwhile is noticed when it is taken (its end of stream
-//! was read) or by the sweep every [`SWEEP_INTERVAL`], and a request that could not be written to a kept connection
-//! is sent again on another one; a request that may have reached the server
-//! is never sent twice.
+//! was read) or by the sweep every [`SWEEP_INTERVAL`], and a request that
+//! could not be written to a kept connection is sent again on another one;
+//! a request that may have reached the server is never sent twice.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
@@ -78,6 +78,14 @@ impl Conn {
     /// Whether a request can still be sent on this connection.
     fn is_open(&self) -> bool {
         self.driver.is_some() && !self.sender.is_closed()
+    }
+
+    /// Whether a connection nobody is reading is still open, after it read
+    /// what arrived meanwhile (the rest of a response, or the server's end
+    /// of stream, which closes it). Wakes nobody later.
+    fn still_open(&mut self) -> bool {
+        self.drive(&mut Context::from_waker(Waker::noop()));
+        self.is_open()
     }
 }
 
@@ -292,12 +300,10 @@ impl H1Pool {
         let mut idle = self.inner.lock();
         let list = idle.get_mut(key)?;
         expire(list);
-        let mut noop = Context::from_waker(Waker::noop());
         while let Some(mut entry) = list.pop_back() {
-            // Reads what the server sent while the connection sat unused:
-            // its end of stream closes it here, not under the request.
-            entry.conn.drive(&mut noop);
-            if entry.conn.is_open() {
+            // A server's end of stream closes the connection here, not
+            // under the request.
+            if entry.conn.still_open() {
                 return Some(entry.conn);
             }
         }
@@ -348,8 +354,7 @@ impl Inner {
     fn check_in(self: &Arc<Self>, key: Key, mut conn: Conn) {
         // Lets the connection finish reading the response and go idle, or
         // notice that the server closes it (`Connection: close`).
-        conn.drive(&mut Context::from_waker(Waker::noop()));
-        if !conn.is_open() {
+        if !conn.still_open() {
             return;
         }
         let mut idle = self.lock();
@@ -387,14 +392,10 @@ impl Inner {
 
     /// Closes the kept connections that expired or that the upstream closed.
     fn sweep(&self) {
-        let mut noop = Context::from_waker(Waker::noop());
         let mut idle = self.lock();
         for list in idle.values_mut() {
             expire(list);
-            list.retain_mut(|entry| {
-                entry.conn.drive(&mut noop);
-                entry.conn.is_open()
-            });
+            list.retain_mut(|entry| entry.conn.still_open());
         }
         idle.retain(|_, list| !list.is_empty());
     }
