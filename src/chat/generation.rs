@@ -17,7 +17,7 @@ use super::assemble::ToolCallAssembler;
 use super::events::{ChatEvent, DoneEvent, ErrorEvent, StartEvent, UsageTotals};
 use super::history;
 use super::log::Decision;
-use super::log::{Reply, ReplyRegistry};
+use super::log::{LoggedEvent, Reply, ReplyRegistry};
 use super::steps::StepRecorder;
 use super::think::{Piece, ThinkSplitter};
 use super::{Deps, Settings};
@@ -26,7 +26,7 @@ use crate::llm::{
     ChatRequest, FunctionDefinition, LlmError, RequestMessage, Route, StreamItem, StreamOptions, ToolCall,
     ToolDefinition,
 };
-use crate::store::{FinalReply, HistoryRow, Role, Status};
+use crate::store::{FinalReply, HistoryRow, Role, Status, TerminalEvent};
 use crate::tools::executor::{self, Limits, ToolOutcome};
 use crate::tools::{Approval, ToolContext};
 use futures::stream::BoxStream;
@@ -199,22 +199,12 @@ impl Generation {
             };
             (base, row)
         });
-        let stored = Box::pin(
-            self.deps
-                .store
-                .writer()
-                .finish(reply.message_id, &self.settings.model, final_reply),
-        )
-        .await;
-        let stored_ok = stored.is_ok();
-
-        let terminal = match (stored, error_event, finish_reason) {
-            (Err(e), _, _) => {
-                tracing::error!(message_id = %reply.message_id, error = %e, "could not store the reply");
-                ChatEvent::Error(ErrorEvent::new("internal", "the reply could not be saved"))
-            }
-            (Ok(()), Some(error), _) => ChatEvent::Error(error),
-            (Ok(()), None, reason) => ChatEvent::Done(DoneEvent {
+        // The terminal event is serialized now and committed with the final
+        // state: stored together or not at all, in one transaction. If that
+        // commit fails, `internal` is sent (and stored, if it can be) instead.
+        let terminal = match (error_event, finish_reason) {
+            (Some(error), _) => ChatEvent::Error(error),
+            (None, reason) => ChatEvent::Done(DoneEvent {
                 conversation_id: reply.conversation_id,
                 message_id: reply.message_id,
                 finish_reason: reason.unwrap_or_else(|| "stop".to_string()),
@@ -228,6 +218,28 @@ impl Generation {
             ChatEvent::Error(e) if e.code == "interrupted" => "interrupted",
             _ => "error",
         };
+        let logged = LoggedEvent::new(reply.next_seq(), terminal);
+        let stored_event = TerminalEvent {
+            seq: logged.seq,
+            name: logged.name,
+            data: logged.data_bytes(),
+        };
+        let stored = Box::pin(self.deps.store.writer().finish(
+            reply.message_id,
+            &self.settings.model,
+            final_reply,
+            Some(stored_event),
+        ))
+        .await;
+        let stored_ok = stored.is_ok();
+        let (terminal, outcome) = match stored {
+            Ok(()) => (Ok(logged), outcome),
+            Err(e) => {
+                tracing::error!(message_id = %reply.message_id, error = %e, "could not store the reply");
+                let error = ChatEvent::Error(ErrorEvent::new("internal", "the reply could not be saved"));
+                (Err(error), "error")
+            }
+        };
         match next_history {
             Some((mut messages, row)) if stored_ok => {
                 history::push_row(&mut messages, &row);
@@ -240,7 +252,10 @@ impl Generation {
         // soon as it sees `done` must not find this reply still running
         // (409 conversation_busy).
         self.replies.finished(&reply);
-        reply.push(terminal);
+        match terminal {
+            Ok(stored) => reply.push_stored(stored),
+            Err(event) => reply.push(event),
+        };
         active.decrement(1.0);
         metrics::counter!("chatd_replies_total", "outcome" => outcome).increment(1);
         metrics::histogram!("chatd_reply_duration_seconds").record(started.elapsed().as_secs_f64());

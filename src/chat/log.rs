@@ -313,6 +313,44 @@ impl Reply {
         seq
     }
 
+    /// The seq the next appended event gets (1-based).
+    pub fn next_seq(&self) -> u64 {
+        self.len() + 1
+    }
+
+    /// Appends `event`, serialized earlier with [`LoggedEvent::new`] at
+    /// [`Reply::next_seq`] and already stored (the terminal event, which
+    /// [`Writer::finish`] commits with the final state): it is not sent to
+    /// the database again. An event whose seq is not the next one (only the
+    /// reply's own generation appends, so this does not happen) is
+    /// renumbered and stored like any other. Returns its seq, 0 after a
+    /// terminal event.
+    pub fn push_stored(&self, event: LoggedEvent) -> u64 {
+        let mut state = self.state();
+        if state.finished {
+            return 0;
+        }
+        let seq = state.events.len() as u64 + 1;
+        if event.seq != seq {
+            drop(state);
+            tracing::error!(
+                expected = seq,
+                got = event.seq,
+                "a stored event out of order was renumbered"
+            );
+            return match event.event() {
+                Some(typed) => self.push(typed),
+                None => 0,
+            };
+        }
+        state.finished = event.is_terminal();
+        state.events.push(event);
+        for waker in state.waiting.drain(..) {
+            waker.wake();
+        }
+        seq
+    }
+
     /// Whether the terminal event has been appended.
     pub fn is_finished(&self) -> bool {
         self.state().finished
@@ -495,6 +533,26 @@ mod tests {
         assert_eq!(all[0].seq, 1);
         let none: Vec<_> = reply.subscribe(1).collect().await;
         assert!(none.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_stored_terminal_event_is_appended_as_serialized_and_renumbered_if_out_of_place() {
+        let reply = Arc::new(Reply::new(Uuid::now_v7(), Uuid::now_v7(), OnDisconnect::Continue, None));
+        assert_eq!(reply.next_seq(), 1);
+        // Serialized at seq 1, as the generation does before its final commit.
+        let stored = LoggedEvent::new(reply.next_seq(), error());
+        assert_eq!(reply.push_stored(stored.clone()), 1);
+        assert!(reply.is_finished());
+        assert_eq!(reply.push_stored(stored), 0, "nothing after a terminal event");
+        let all: Vec<_> = reply.subscribe(0).collect().await;
+        assert_eq!(all.len(), 1);
+        assert_eq!(&all[0].frame()[..], &LoggedEvent::new(1, error()).frame()[..]);
+
+        // An event serialized for another seq gets the next one.
+        let other = Arc::new(Reply::new(Uuid::now_v7(), Uuid::now_v7(), OnDisconnect::Continue, None));
+        assert_eq!(other.push_stored(LoggedEvent::new(5, error())), 1);
+        let all: Vec<_> = other.subscribe(0).collect().await;
+        assert_eq!(&all[0].frame()[..], &LoggedEvent::new(1, error()).frame()[..]);
     }
 
     #[tokio::test]

@@ -20,7 +20,7 @@ pub use conversations::{Conversation, ConversationPatch, NewConversation};
 pub use documents::{DocumentHit, FileStamp, IndexedFile};
 pub use messages::{FinalReply, HistoryRow, MessageRow, NewTurn, Role, Status};
 pub use usage::UsageRow;
-pub use writer::Writer;
+pub use writer::{TerminalEvent, Writer};
 
 /// Errors of the persistence layer.
 #[derive(Debug, thiserror::Error)]

@@ -55,9 +55,21 @@ pub(super) enum Op {
         message_id: Uuid,
         model: String,
         reply: Box<FinalReply>,
+        /// The reply's terminal event, stored in the same transaction.
+        terminal: Option<TerminalEvent>,
         done: oneshot::Sender<Result<(), String>>,
     },
     Flush(oneshot::Sender<()>),
+}
+
+/// A reply's terminal event (`done` or `error`) as [`Writer::finish`]
+/// stores it with the final state: its seq (SSE id), name and JSON data.
+#[derive(Debug, Clone)]
+pub struct TerminalEvent {
+    pub seq: u64,
+    pub name: &'static str,
+    /// The event's JSON (UTF-8).
+    pub data: Bytes,
 }
 
 /// Handle to the writer thread; cheap to clone. The thread stops when the
@@ -131,14 +143,27 @@ impl Writer {
         });
     }
 
-    /// Writes a reply's final state (after every event queued before it) and
-    /// waits until it is committed.
-    pub async fn finish(&self, message_id: Uuid, model: &str, reply: FinalReply) -> Result<(), StoreError> {
+    /// Writes a reply's final state and its terminal event (after every
+    /// event queued before them), in one transaction, and waits until it is
+    /// committed. The terminal event is thus stored if and only if the final
+    /// state is, and costs no transaction of its own; a caller whose commit
+    /// failed publishes a different terminal event (through [`Writer::event`]).
+    ///
+    /// Errors: [`StoreError::Write`] when the transaction failed or the
+    /// writer has stopped.
+    pub async fn finish(
+        &self,
+        message_id: Uuid,
+        model: &str,
+        reply: FinalReply,
+        terminal: Option<TerminalEvent>,
+    ) -> Result<(), StoreError> {
         let (done, wait) = oneshot::channel();
         self.send(Op::Finish {
             message_id,
             model: model.to_string(),
             reply: Box::new(reply),
+            terminal,
             done,
         });
         match wait.await {
@@ -199,8 +224,10 @@ impl Writer {
 pub const GATHER_MS: u64 = 100;
 
 /// Whether a queued op has someone waiting for its commit, or is a reply's
-/// terminal event (committed at once, so that a replay after a crash has
-/// the real one rather than one rebuilt from the message row).
+/// terminal event queued on its own (the `internal` error sent when the
+/// final commit failed; committed at once, so that a replay after a crash
+/// has the real one rather than one rebuilt from the message row). A
+/// terminal event normally comes with [`Op::Finish`].
 fn is_urgent(op: &Op) -> bool {
     match op {
         Op::Begin { .. } | Op::Finish { .. } | Op::Flush(_) => true,
@@ -455,14 +482,19 @@ type QueuedEvent<'a> = (u64, &'static str, &'a [u8]);
 fn event_rows(batch: &[Op]) -> Vec<EventRow> {
     let mut by_reply: std::collections::BTreeMap<Uuid, Vec<QueuedEvent<'_>>> = Default::default();
     for op in batch {
-        if let Op::Event {
-            message_id,
-            seq,
-            name,
-            data,
-        } = op
-        {
-            by_reply.entry(*message_id).or_default().push((*seq, name, data));
+        match op {
+            Op::Event {
+                message_id,
+                seq,
+                name,
+                data,
+            } => by_reply.entry(*message_id).or_default().push((*seq, name, data)),
+            Op::Finish {
+                message_id,
+                terminal: Some(t),
+                ..
+            } => by_reply.entry(*message_id).or_default().push((t.seq, t.name, &t.data)),
+            _ => {}
         }
     }
     by_reply
@@ -648,17 +680,27 @@ mod tests {
         }
         writer.snapshot(a, "partial a".into(), None, "[]".into());
         writer.snapshot(b, "partial b".into(), None, "[]".into());
-        writer.finish(a, "m", final_reply("all of a")).await.expect("finish a");
+        let done = TerminalEvent {
+            seq: 4,
+            name: "done",
+            data: Bytes::from_static(b"{\"a\":4}"),
+        };
+        writer
+            .finish(a, "m", final_reply("all of a"), Some(done))
+            .await
+            .expect("finish a");
 
-        // a: its events, its final state and its tokens, in one commit.
-        let seqs: Vec<u64> = store
+        // a: its events, its terminal event, its final state and its tokens,
+        // in one commit.
+        let events: Vec<(u64, String)> = store
             .reply_events(a)
             .await
             .expect("events")
-            .iter()
-            .map(|e| e.0)
+            .into_iter()
+            .map(|e| (e.0, e.1))
             .collect();
-        assert_eq!(seqs, vec![1, 2, 3]);
+        let names = ["process_step", "process_step", "process_step", "done"];
+        assert_eq!(events, (1..=4).zip(names.map(String::from)).collect::<Vec<_>>());
         let row = store.message(a).await.expect("load").expect("row");
         assert_eq!(
             (row.content.as_str(), row.status),
