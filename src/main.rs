@@ -63,9 +63,26 @@ fn main() -> ExitCode {
         }
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Log lines are written to stdout by a thread of their own, never by
+    // the runtime's workers: a write to a file or a pipe can block (a full
+    // pipe, a file system busy with the database's writes), and a worker
+    // blocked in it stalls every stream it serves (BENCHMARKS.md, fix 25).
+    // Not lossy: when 128,000 lines wait, a logging thread waits too. The
+    // guard writes out what is queued when `main` returns.
+    let (writer, _log_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("chatd-log")
+        .finish(std::io::stdout());
     match config.http.log_format {
-        LogFormat::Plain => tracing_subscriber::fmt().with_env_filter(filter).init(),
-        LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
+        LogFormat::Plain => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(writer)
+            .init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(writer)
+            .init(),
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
