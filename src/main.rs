@@ -67,9 +67,12 @@ fn main() -> ExitCode {
     // the runtime's workers: a write to a file or a pipe can block (a full
     // pipe, a file system busy with the database's writes), and a worker
     // blocked in it stalls every stream it serves (BENCHMARKS.md, fix 25).
-    // Not lossy: when 128,000 lines wait, a logging thread waits too. The
+    // Not lossy: when 8,192 lines wait (the output is stuck), a thread that
+    // logs waits too. The queue is allocated whole at start, 32 bytes a
+    // line: tracing-appender's default of 128,000 lines took 4 MB. The
     // guard writes out what is queued when `main` returns.
     let (writer, _log_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(8_192)
         .lossy(false)
         .thread_name("chatd-log")
         .finish(std::io::stdout());
