@@ -297,14 +297,8 @@ impl Reply {
                 return 0;
             }
             let logged = LoggedEvent::new(state.events.len() as u64 + 1, event);
-            state.finished = logged.is_terminal();
             let sunk = (logged.seq, logged.name, self.sink.as_ref().map(|_| logged.data_bytes()));
-            state.events.push(logged);
-            // Woken under the lock, so the list keeps its capacity: a wake
-            // only queues the reader's task.
-            for waker in state.waiting.drain(..) {
-                waker.wake();
-            }
+            append(&mut state, logged);
             sunk
         };
         if let (Some(sink), Some(data)) = (&self.sink, data) {
@@ -343,11 +337,7 @@ impl Reply {
                 None => 0,
             };
         }
-        state.finished = event.is_terminal();
-        state.events.push(event);
-        for waker in state.waiting.drain(..) {
-            waker.wake();
-        }
+        append(&mut state, event);
         seq
     }
 
@@ -365,6 +355,17 @@ impl Reply {
             guard: SubscriberGuard::new(self.clone()),
             next: usize::try_from(after).unwrap_or(usize::MAX),
         }
+    }
+}
+
+/// Appends `logged` (its seq is the next one) and wakes the readers waiting
+/// for it. They are woken under the lock, so the list keeps its capacity: a
+/// wake only queues the reader's task.
+fn append(state: &mut LogState, logged: LoggedEvent) {
+    state.finished = logged.is_terminal();
+    state.events.push(logged);
+    for waker in state.waiting.drain(..) {
+        waker.wake();
     }
 }
 
