@@ -228,7 +228,7 @@ impl Generation {
             reply.message_id,
             &self.settings.model,
             final_reply,
-            Some(stored_event),
+            stored_event,
         ))
         .await;
         let stored_ok = stored.is_ok();

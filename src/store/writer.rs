@@ -56,7 +56,7 @@ pub(super) enum Op {
         model: String,
         reply: Box<FinalReply>,
         /// The reply's terminal event, stored in the same transaction.
-        terminal: Option<TerminalEvent>,
+        terminal: TerminalEvent,
         done: oneshot::Sender<Result<(), String>>,
     },
     Flush(oneshot::Sender<()>),
@@ -156,7 +156,7 @@ impl Writer {
         message_id: Uuid,
         model: &str,
         reply: FinalReply,
-        terminal: Option<TerminalEvent>,
+        terminal: TerminalEvent,
     ) -> Result<(), StoreError> {
         let (done, wait) = oneshot::channel();
         self.send(Op::Finish {
@@ -491,7 +491,7 @@ fn event_rows(batch: &[Op]) -> Vec<EventRow> {
             } => by_reply.entry(*message_id).or_default().push((*seq, name, data)),
             Op::Finish {
                 message_id,
-                terminal: Some(t),
+                terminal: t,
                 ..
             } => by_reply.entry(*message_id).or_default().push((t.seq, t.name, &t.data)),
             _ => {}
@@ -686,7 +686,7 @@ mod tests {
             data: Bytes::from_static(b"{\"a\":4}"),
         };
         writer
-            .finish(a, "m", final_reply("all of a"), Some(done))
+            .finish(a, "m", final_reply("all of a"), done)
             .await
             .expect("finish a");
 
