@@ -1052,7 +1052,7 @@ async fn stream_headers_and_keep_alive_comments() {
 }
 
 #[tokio::test]
-async fn the_turn_is_committed_before_the_upstream_is_called() {
+async fn the_turn_is_stored_when_start_arrives_though_the_upstream_hangs() {
     let upstream = MockUpstream::start().await;
     upstream.push(MockResponse::Hang);
     let app = TestApp::start(&upstream.base_url).await;
@@ -1110,6 +1110,88 @@ async fn the_turn_is_committed_before_the_upstream_is_called() {
         .expect("pragma");
     assert_eq!((journal.as_str(), synchronous, foreign_keys), ("wal", 1, 1));
     assert!(busy >= 1000, "busy_timeout {busy} ms");
+}
+
+/// The user messages and replies stored in `conversation`, oldest first.
+async fn stored_turns(app: &TestApp, conversation: &str) -> Vec<(String, String, String)> {
+    let db = app.db().await;
+    sqlx::query_as("SELECT role, content, status FROM messages WHERE conversation_id = ? ORDER BY created_at, rowid")
+        .bind(conversation)
+        .fetch_all(&db)
+        .await
+        .expect("rows")
+}
+
+#[tokio::test]
+async fn a_turn_that_cannot_be_stored_gets_500_and_leaves_nothing_behind() {
+    let upstream = MockUpstream::start().await;
+    // The first turn, then the same answer twice: the refused turn's
+    // request, sent while its commit ran, may or may not reach the mock
+    // before it is dropped.
+    for _ in 0..3 {
+        upstream.push(mock::text_reply(&["Hi"], 3, 1));
+    }
+    let app = TestApp::start(&upstream.base_url).await;
+    let events = app.chat(json!({"message": "first"})).await;
+    let conversation = events[0].data["conversation_id"].as_str().expect("id").to_string();
+    let db = app.db().await;
+    sqlx::query(
+        "CREATE TRIGGER refuse BEFORE INSERT ON messages WHEN NEW.content = 'refused' \
+         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+    )
+    .execute(&db)
+    .await
+    .expect("trigger");
+
+    // In a conversation, and in a new one: a JSON error, nothing stored.
+    for body in [
+        json!({"message": "refused", "conversation_id": conversation}),
+        json!({"message": "refused"}),
+    ] {
+        let (status, error) = app.send(reqwest::Method::POST, "/api/chat", Some(body)).await;
+        assert_eq!(status, 500, "{error}");
+        assert_eq!(error["error"]["code"], "internal");
+    }
+    let conversations: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM conversations")
+        .fetch_one(&db)
+        .await
+        .expect("count");
+    assert_eq!(conversations, 1);
+
+    // The conversation is not left busy, and the refused message is in
+    // neither the stored history nor the next upstream request.
+    sqlx::query("DROP TRIGGER refuse")
+        .execute(&db)
+        .await
+        .expect("drop trigger");
+    let events = app
+        .chat(json!({"message": "again", "conversation_id": conversation}))
+        .await;
+    assert_eq!(events.last().expect("events").event, "done");
+    let complete = |role: &str, content: &str| (role.to_string(), content.to_string(), "complete".to_string());
+    assert_eq!(
+        stored_turns(&app, &conversation).await,
+        [
+            complete("user", "first"),
+            complete("assistant", "Hi"),
+            complete("user", "again"),
+            complete("assistant", "Hi"),
+        ]
+    );
+    let again: Vec<Value> = upstream
+        .received()
+        .into_iter()
+        .filter(|r| r["messages"].to_string().contains("again"))
+        .collect();
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        again[0]["messages"],
+        json!([
+            {"role": "user", "content": "first"},
+            {"role": "assistant", "content": "Hi"},
+            {"role": "user", "content": "again"},
+        ])
+    );
 }
 
 #[tokio::test]

@@ -20,16 +20,17 @@ use super::log::Decision;
 use super::log::{LoggedEvent, Reply, ReplyRegistry};
 use super::steps::StepRecorder;
 use super::think::{Piece, ThinkSplitter};
-use super::{Deps, Settings};
+use super::{ChatError, Deps, Settings};
 use crate::config::ThinkingStyle;
 use crate::llm::{
     ChatRequest, FunctionDefinition, LlmError, RequestMessage, Route, StreamItem, StreamOptions, ToolCall,
     ToolDefinition,
 };
-use crate::store::{FinalReply, HistoryRow, Role, Status, TerminalEvent};
+use crate::store::{FinalReply, HistoryRow, NewTurn, Role, Status, TerminalEvent};
 use crate::tools::executor::{self, Limits, ToolOutcome};
 use crate::tools::{Approval, ToolContext};
 use futures::stream::BoxStream;
+use tokio::sync::oneshot;
 
 /// Why a reply stopped before a normal end.
 #[derive(Debug)]
@@ -38,6 +39,9 @@ enum Stop {
     Llm(LlmError),
     MaxIterations(u32),
     Internal(String),
+    /// The turn could not be committed: the handler answered with the
+    /// error, and there is nothing to store or publish.
+    NotBegun,
 }
 
 impl Stop {
@@ -49,7 +53,7 @@ impl Stop {
                 "interrupted",
                 "the server is shutting down; the partial reply is stored",
             ),
-            Stop::Cancelled => return None,
+            Stop::Cancelled | Stop::NotBegun => return None,
             Stop::Llm(e @ LlmError::Unavailable(_)) => ErrorEvent::new("upstream_unavailable", upstream_text(e)),
             Stop::Llm(e @ LlmError::RateLimited { .. }) => ErrorEvent::new("rate_limited", e.to_string()),
             Stop::Llm(e @ LlmError::Timeout { .. }) => ErrorEvent::new("upstream_timeout", e.to_string()),
@@ -112,6 +116,18 @@ pub(super) struct Generation {
     pub earlier_count: u64,
     /// How long the finished reply stays in memory for resuming clients.
     pub retention: std::time::Duration,
+    /// The turn to commit first; `None` once committed. Boxed: it is needed
+    /// for a moment and the task keeps its size for the whole reply.
+    pub begin: Option<Box<Begin>>,
+}
+
+/// A turn the reply's task commits before anything else
+/// ([`Generation::commit`]): the user's message and the reply's row.
+pub(super) struct Begin {
+    pub turn: NewTurn,
+    /// Told whether the turn was stored; the handler of `POST /api/chat`
+    /// waits for it to answer 200 or an error.
+    pub committed: oneshot::Sender<Result<(), ChatError>>,
 }
 
 /// The messages of a conversation before a turn (upstream shape, without
@@ -139,27 +155,44 @@ impl Generation {
     /// around it but the reply's span: a wrapping `async` block would keep a
     /// second copy of the `Generation` (BENCHMARKS.md, fix 21).
     ///
+    /// The reply starts by committing its turn. When the history is at hand
+    /// (a new conversation, or one in the history cache), the first round's
+    /// upstream request is sent while that commit runs, and `start` follows
+    /// the commit; a history read from the database includes the new
+    /// message, so it waits for the commit. If the commit fails, the
+    /// upstream request is dropped, the reply is forgotten and nothing is
+    /// published.
+    ///
     /// Ends by scheduling the reply's removal from memory after `retention`.
     pub async fn run(mut self) {
         let reply = self.reply.clone();
-        reply.push(ChatEvent::Start(StartEvent {
-            conversation_id: reply.conversation_id,
-            user_message_id: self.user_message_id,
-            message_id: reply.message_id,
-            model: self.settings.model.clone(),
-        }));
         let started = std::time::Instant::now();
-        let active = metrics::gauge!("chatd_replies_active");
-        active.increment(1.0);
         let mut rec = StepRecorder::started();
         let mut usage = UsageTotals::default();
+        let mut begin = self.begin.take();
+        if matches!(self.earlier, Earlier::Load)
+            && let Some(turn) = begin.take()
+            && !Box::pin(self.commit(*turn)).await
+        {
+            self.replies.remove(&reply);
+            return;
+        }
+        let active = metrics::gauge!("chatd_replies_active");
+        active.increment(1.0);
         let (base, result) = match Box::pin(self.history()).await {
             Ok(base) => {
-                let (base, result) = self.run_loop(base, &mut rec, &mut usage).await;
+                let (base, result) = self.run_loop(base, &mut rec, &mut usage, begin).await;
                 (Some(base), result)
             }
+            // Only a history read from the database fails, and that turn
+            // was committed above.
             Err(stop) => (None, Err(stop)),
         };
+        if let Err(Stop::NotBegun) = result {
+            active.decrement(1.0);
+            self.replies.remove(&reply);
+            return;
+        }
         if let Err(stop) = &result {
             tracing::warn!(message_id = %reply.message_id, reason = ?stop, "reply stopped");
             if let Stop::Llm(e) = stop {
@@ -297,16 +330,18 @@ impl Generation {
     /// gives `base` back unchanged, for the history cache. The messages are
     /// moved into each round's request and back, never copied: with 1,000
     /// earlier messages a copy cost about 0.2 ms.
+    /// `begin` is the turn to commit while the first round opens.
     async fn run_loop(
         &self,
         base: Vec<RequestMessage>,
         rec: &mut StepRecorder,
         usage: &mut UsageTotals,
+        begin: Option<Box<Begin>>,
     ) -> (Vec<RequestMessage>, Result<String, Stop>) {
         let base_len = base.len();
         let mut messages = history::with_system(self.settings.system_prompt.as_deref(), base);
         let offset = messages.len() - base_len;
-        let result = self.rounds(&mut messages, rec, usage).await;
+        let result = self.rounds(&mut messages, rec, usage, begin).await;
         messages.truncate(offset + base_len);
         messages.drain(..offset);
         (messages, result)
@@ -317,6 +352,7 @@ impl Generation {
         messages: &mut Vec<RequestMessage>,
         rec: &mut StepRecorder,
         usage: &mut UsageTotals,
+        mut begin: Option<Box<Begin>>,
     ) -> Result<String, Stop> {
         let max_rounds = self.deps.config.chat.max_iterations;
         let tools = self.tool_definitions();
@@ -324,7 +360,7 @@ impl Generation {
         for round in 0..max_rounds {
             rec.next_round(round);
             let mut request = self.request(std::mem::take(messages), tools.clone(), round);
-            let outcome = self.stream_round(&request, rec, usage).await;
+            let outcome = self.stream_round(&request, rec, usage, begin.take()).await;
             *messages = std::mem::take(&mut request.messages);
             let Round { calls, finish_reason } = outcome?;
             if calls.is_empty() {
@@ -400,17 +436,22 @@ impl Generation {
     }
 
     /// Streams one round, publishing thinking and text steps as they arrive.
+    /// `begin`: the turn to commit while the request opens.
     async fn stream_round(
         &self,
         request: &ChatRequest,
         rec: &mut StepRecorder,
         usage: &mut UsageTotals,
+        begin: Option<Box<Begin>>,
     ) -> Result<Round, Stop> {
         let cancel = &self.reply.cancel;
-        let mut stream = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return Err(Stop::Cancelled),
-            opened = Box::pin(self.open(request)) => opened.map_err(Stop::Llm)?,
+        let mut stream = match begin {
+            Some(begin) => Box::pin(self.open_first(request, *begin)).await?,
+            None => tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Err(Stop::Cancelled),
+                opened = Box::pin(self.open(request)) => opened.map_err(Stop::Llm)?,
+            },
         };
         let mut splitter = ThinkSplitter::default();
         let mut calls = ToolCallAssembler::default();
@@ -481,6 +522,72 @@ impl Generation {
             calls: calls.finish(),
             finish_reason,
         })
+    }
+
+    /// Commits the turn while the first round's request opens: the
+    /// upstream's time to first chunk and the commit overlap, where one
+    /// used to wait for the other. The commit is not cancelled (the handler
+    /// waits for it); once it is stored, a cancel stops the wait for the
+    /// upstream as in any round.
+    ///
+    /// Errors: [`Stop::NotBegun`] when the commit failed (the request is
+    /// dropped); [`Stop::Cancelled`]; [`Stop::Llm`] when the request failed.
+    async fn open_first(
+        &self,
+        request: &ChatRequest,
+        begin: Begin,
+    ) -> Result<BoxStream<'static, Result<StreamItem, LlmError>>, Stop> {
+        let opening = self.open(request);
+        let commit = self.commit(begin);
+        tokio::pin!(opening, commit);
+        let mut opened = None;
+        // The request first: it is sent on this first poll, and the
+        // upstream works on it while the commit runs here.
+        let stored = loop {
+            tokio::select! {
+                biased;
+                result = &mut opening, if opened.is_none() => opened = Some(result),
+                stored = &mut commit => break stored,
+            }
+        };
+        if !stored {
+            return Err(Stop::NotBegun);
+        }
+        let result = match opened {
+            Some(result) => result,
+            None => tokio::select! {
+                biased;
+                _ = self.reply.cancel.cancelled() => return Err(Stop::Cancelled),
+                result = &mut opening => result,
+            },
+        };
+        result.map_err(Stop::Llm)
+    }
+
+    /// Commits the turn (the user's message and this reply's row, and the
+    /// conversation if new), publishes `start` when it is stored, and tells
+    /// the waiting handler either way. Returns whether it was stored.
+    async fn commit(&self, begin: Begin) -> bool {
+        let Begin { turn, committed } = begin;
+        let outcome = match self.deps.store.begin_turn(&turn).await {
+            Ok(true) => Ok(()),
+            // The conversation was deleted since the handler read it.
+            Ok(false) => Err(ChatError::ConversationNotFound(turn.conversation.id)),
+            Err(e) => Err(ChatError::Store(e)),
+        };
+        let stored = outcome.is_ok();
+        if stored {
+            self.reply.push(ChatEvent::Start(StartEvent {
+                conversation_id: self.reply.conversation_id,
+                user_message_id: self.user_message_id,
+                message_id: self.reply.message_id,
+                model: self.settings.model.clone(),
+            }));
+        }
+        // The handler may be gone (its client disconnected): the reply
+        // runs on and can be resumed.
+        let _ = committed.send(outcome);
+        stored
     }
 
     /// Sends a round's request through the route: retries with backoff and

@@ -356,6 +356,17 @@ impl Reply {
             next: usize::try_from(after).unwrap_or(usize::MAX),
         }
     }
+
+    /// Applies the disconnect policy now that no client follows the reply:
+    /// with [`OnDisconnect::Cancel`], cancels it unless it has ended. Called
+    /// when the last subscriber leaves, and when the client that sent the
+    /// message goes away before its answer.
+    pub fn no_client_left(&self) {
+        if self.on_disconnect == OnDisconnect::Cancel && !self.is_finished() {
+            tracing::info!(message_id = %self.message_id, "no client follows the reply; cancelling it");
+            self.cancel.cancel();
+        }
+    }
 }
 
 /// Appends `logged` (its seq is the next one) and wakes the readers waiting
@@ -414,9 +425,8 @@ impl SubscriberGuard {
 impl Drop for SubscriberGuard {
     fn drop(&mut self) {
         let left = self.reply.subscribers.fetch_sub(1, Ordering::SeqCst) - 1;
-        if left == 0 && self.reply.on_disconnect == OnDisconnect::Cancel && !self.reply.is_finished() {
-            tracing::info!(message_id = %self.reply.message_id, "last client left; cancelling the reply");
-            self.reply.cancel.cancel();
+        if left == 0 {
+            self.reply.no_client_left();
         }
     }
 }

@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::llm::{Providers, Route, RouteError};
 use crate::store::{Conversation, NewConversation, NewTurn, Store, StoreError};
 use crate::tools::{ToolInfo, ToolRegistry};
-use generation::{Earlier, Generation};
+use generation::{Begin, Earlier, Generation};
 use log::{Reply, ReplyRegistry};
 
 /// Errors before a reply starts (after that, failures are `error` events).
@@ -194,6 +194,25 @@ pub struct ChatService {
     draining: std::sync::atomic::AtomicBool,
 }
 
+/// The reply whose commit [`ChatService::start`] waits for. If the wait is
+/// dropped (the client went away before its answer), the reply runs on as
+/// if its last client had left ([`Reply::no_client_left`]).
+struct Waiting(Option<Arc<Reply>>);
+
+impl Waiting {
+    fn defuse(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Some(reply) = self.0.take() {
+            reply.no_client_left();
+        }
+    }
+}
+
 /// How long a cancel waits for the reply to store its final state.
 const CANCEL_WAIT: Duration = Duration::from_secs(10);
 
@@ -258,9 +277,12 @@ impl ChatService {
         self.replies.get(message_id)
     }
 
-    /// Validates `input`, commits the user message and an empty assistant
-    /// message, and starts the reply as its own task. Returns the reply,
-    /// whose log already holds (or will soon hold) the `start` event.
+    /// Validates `input`, starts the reply as its own task and returns it
+    /// once that task has committed the user message and an empty assistant
+    /// message; the reply's log then holds the `start` event. The task sends
+    /// the first round's upstream request while the commit runs (see
+    /// `Generation::run`); when the commit fails, that request is dropped
+    /// and the error is returned here.
     ///
     /// Errors: [`ChatError::Invalid`] for a blank or over-long message,
     /// out-of-range settings, unknown tools or a missing model;
@@ -356,13 +378,7 @@ impl ChatService {
             assistant_message_id: message_id,
             model: settings.model.clone(),
         };
-        let begun = self.deps.store.begin_turn(&turn).await;
-        if !matches!(begun, Ok(true)) {
-            self.replies.remove(&reply);
-            begun?;
-            return Err(ChatError::ConversationNotFound(conversation.id));
-        }
-
+        let (committed, begun) = tokio::sync::oneshot::channel();
         let generation = Generation {
             deps: self.deps.clone(),
             reply: reply.clone(),
@@ -379,10 +395,24 @@ impl ChatService {
             earlier,
             earlier_count,
             retention: Duration::from_millis(config.chat.replay_retention_ms).min(MEMORY_RETENTION),
+            begin: Some(Box::new(Begin { turn, committed })),
         };
         let span = tracing::info_span!("reply", conversation_id = %conversation.id, message_id = %message_id);
+        // The reply's task commits the turn itself, so that the first
+        // round's upstream request is sent while the commit runs, and a
+        // client that goes away while we wait does not leave the commit
+        // half done (the reply then runs on; it can be resumed).
         tokio::spawn(tracing::Instrument::instrument(generation.run(), span));
-        Ok(reply)
+        let waiting = Waiting(Some(reply.clone()));
+        let begun = begun.await;
+        waiting.defuse();
+        match begun {
+            Ok(Ok(())) => Ok(reply),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ChatError::Store(StoreError::Write(
+                "the reply's task ended before the message was stored".into(),
+            ))),
+        }
     }
 
     /// The events of a reply for a client that resumes: live from memory

@@ -1,5 +1,6 @@
 //! Message rows: a turn's user message and assistant reply are written
-//! together before the upstream is called; the reply is finished at its end.
+//! together before the reply's `start` event (while its first upstream
+//! request opens); the reply is finished at its end.
 
 use serde::Serialize;
 use serde_json::Value;
