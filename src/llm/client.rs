@@ -17,7 +17,7 @@ use super::h1::H1Pool;
 use super::lines::{LineError, cap_line_length};
 use super::pool::LaneGuard;
 use super::providers::ProviderError;
-use super::{ChatChunk, ChatRequest, HttpPool, LlmError, StreamItem};
+use super::{ChatChunk, ChatRequest, HttpPool, LlmError, StreamItem, WireRequest};
 use crate::config::{DEFAULT_PROVIDER, LlmConfig, ProviderConfig};
 
 /// What the upstream answered a streaming request: its status, headers and
@@ -162,6 +162,17 @@ impl LlmClient {
         &self,
         request: &ChatRequest,
     ) -> Result<BoxStream<'static, Result<StreamItem, LlmError>>, LlmError> {
+        self.stream_chat_as(request, &request.model).await
+    }
+
+    /// [`Self::stream_chat`] with `model` sent in place of `request.model`
+    /// (a provider's name for the model a route serves).
+    pub async fn stream_chat_as(
+        &self,
+        request: &ChatRequest,
+        model: &str,
+    ) -> Result<BoxStream<'static, Result<StreamItem, LlmError>>, LlmError> {
+        let request = WireRequest { model, request };
         let idle = self.idle_timeout;
         let idle_ms = millis(idle);
         let first_ms = millis(self.first_chunk_timeout);
@@ -256,7 +267,7 @@ impl LlmClient {
     /// Errors: [`LlmError::Unavailable`] when no response came (connection
     /// refused or reset, connect timeout, a key that is not a valid header
     /// value).
-    async fn send(&self, request: &ChatRequest) -> Result<Answer, LlmError> {
+    async fn send(&self, request: WireRequest<'_>) -> Result<Answer, LlmError> {
         if !self.shared_connections
             && let Some(h1) = self.http.h1()
         {
@@ -264,7 +275,7 @@ impl LlmClient {
         }
         // The lane's place is held until the stream is dropped.
         let (http, lane) = self.http.stream_client(self.shared_connections);
-        let builder = http.post(&self.url).header(ACCEPT, "text/event-stream").json(request);
+        let builder = http.post(&self.url).header(ACCEPT, "text/event-stream").json(&request);
         let response = self
             .authorized(builder)
             .send()
@@ -285,8 +296,8 @@ impl LlmClient {
     }
 
     /// [`Self::send`] over the HTTP/1.1 client, with the same headers.
-    async fn send_h1(&self, h1: &H1Pool, request: &ChatRequest) -> Result<Answer, LlmError> {
-        let json = serde_json::to_vec(request)
+    async fn send_h1(&self, h1: &H1Pool, request: WireRequest<'_>) -> Result<Answer, LlmError> {
+        let json = serde_json::to_vec(&request)
             .map_err(|e| LlmError::Unavailable(format!("cannot encode the request: {e}")))?;
         let mut http_request = http::Request::post(&self.url)
             .body(Full::new(Bytes::from(json)))

@@ -30,7 +30,7 @@ pub use providers::{
 pub use retry::RetryPolicy;
 pub use types::{
     ChatChunk, ChatRequest, ChunkChoice, Delta, FunctionCall, FunctionDefinition, FunctionDelta, RequestMessage,
-    StreamOptions, ToolCall, ToolCallDelta, ToolDefinition, Usage,
+    StreamOptions, ToolCall, ToolCallDelta, ToolDefinition, Usage, WireRequest,
 };
 
 /// Why an upstream call failed. Each maps to one `error` event code.

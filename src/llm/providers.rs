@@ -140,15 +140,13 @@ impl Route {
         policy: &RetryPolicy,
         mut on_failure: impl FnMut(&FailedAttempt<'_>),
     ) -> Result<Opened, LlmError> {
-        let mut request = request.clone();
-        request.model.clone_from(&self.model);
         let mut total = 0u32;
         let mut last_error = None;
         for (i, candidate) in self.candidates.iter().enumerate() {
             let mut attempt = 1u32;
             loop {
                 total = total.saturating_add(1);
-                let error = match open_once(&candidate.client, &request).await {
+                let error = match open_once(&candidate.client, request, &self.model).await {
                     Ok(stream) => {
                         return Ok(Opened {
                             provider: candidate.provider.clone(),
@@ -193,8 +191,9 @@ impl Route {
 async fn open_once(
     client: &LlmClient,
     request: &ChatRequest,
+    model: &str,
 ) -> Result<BoxStream<'static, Result<StreamItem, LlmError>>, LlmError> {
-    let mut stream = client.stream_chat(request).await?;
+    let mut stream = client.stream_chat_as(request, model).await?;
     match stream.next().await {
         Some(Err(e)) => Err(e),
         Some(Ok(first)) => Ok(futures::stream::iter([Ok(first)]).chain(stream).boxed()),
