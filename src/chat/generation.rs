@@ -356,6 +356,15 @@ impl Generation {
     ) -> Result<String, Stop> {
         let max_rounds = self.deps.config.chat.max_iterations;
         let tools = self.tool_definitions();
+        // The turn is committed while the first round opens; with no round
+        // at all (`max_iterations = 0`, which `Config::validate` refuses),
+        // on its own, so that the final state has its rows.
+        if max_rounds == 0
+            && let Some(turn) = begin.take()
+            && !Box::pin(self.commit(*turn)).await
+        {
+            return Err(Stop::NotBegun);
+        }
 
         for round in 0..max_rounds {
             rec.next_round(round);
