@@ -170,7 +170,12 @@ impl Generation {
         let mut rec = StepRecorder::started();
         let mut usage = UsageTotals::default();
         let mut begin = self.begin.take();
-        if matches!(self.earlier, Earlier::Load)
+        // The turn is committed on its own, before anything else, when the
+        // history comes from the database (it must include the new message)
+        // or when no round will run to commit it (`max_iterations = 0`,
+        // which `Config::validate` refuses but the library does not check).
+        let commit_first = matches!(self.earlier, Earlier::Load) || self.deps.config.chat.max_iterations == 0;
+        if commit_first
             && let Some(turn) = begin.take()
             && !Box::pin(self.commit(*turn)).await
         {
@@ -356,15 +361,6 @@ impl Generation {
     ) -> Result<String, Stop> {
         let max_rounds = self.deps.config.chat.max_iterations;
         let tools = self.tool_definitions();
-        // The turn is committed while the first round opens; with no round
-        // at all (`max_iterations = 0`, which `Config::validate` refuses),
-        // on its own, so that the final state has its rows.
-        if max_rounds == 0
-            && let Some(turn) = begin.take()
-            && !Box::pin(self.commit(*turn)).await
-        {
-            return Err(Stop::NotBegun);
-        }
 
         for round in 0..max_rounds {
             rec.next_round(round);
