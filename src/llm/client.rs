@@ -9,7 +9,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use http_body_util::Full;
 use reqwest::StatusCode;
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use serde_json::Value;
 use tokio::time::{Instant, timeout, timeout_at};
 
@@ -18,7 +18,7 @@ use super::lines::{LineError, cap_line_length};
 use super::pool::LaneGuard;
 use super::providers::ProviderError;
 use super::{ChatChunk, ChatRequest, HttpPool, LlmError, StreamItem, WireRequest};
-use crate::config::{DEFAULT_PROVIDER, LlmConfig, ProviderConfig};
+use crate::config::{LlmConfig, ProviderConfig};
 
 /// What the upstream answered a streaming request: its status, headers and
 /// body (errors described as text), and the lane place the stream holds.
@@ -89,42 +89,22 @@ impl LlmClient {
     /// cannot be set up ([`LlmError::Unavailable`]).
     pub fn new(config: &LlmConfig) -> Result<Self, LlmError> {
         let http = HttpPool::new(config)?;
-        let provider = ProviderConfig {
-            name: DEFAULT_PROVIDER.to_string(),
-            base_url: config.base_url.clone(),
-            api_key: Some(config.api_key.clone()),
-            api_key_env: None,
-            models: Vec::new(),
-            default_model: None,
-            headers: Default::default(),
-        };
-        Self::for_provider(http, config, &provider).map_err(|e| LlmError::Unavailable(e.to_string()))
+        Self::for_provider(http, config, &config.default_provider()).map_err(|e| LlmError::Unavailable(e.to_string()))
     }
 
     /// A client for one provider over the shared [`HttpPool`] `http`: its base URL,
     /// key and extra headers, with the timeouts and line limit of `llm`.
     ///
-    /// Errors: [`ProviderError::Invalid`] when a header name or value is not
-    /// valid HTTP or the base URL is not `http(s)://`.
+    /// Errors: [`ProviderError::Invalid`] when the provider fails
+    /// [`ProviderConfig::validate`] (e.g. a header name or value is not
+    /// valid HTTP, or the base URL is not `http(s)://`).
     pub fn for_provider(http: HttpPool, llm: &LlmConfig, provider: &ProviderConfig) -> Result<Self, ProviderError> {
         let invalid = |message: String| ProviderError::Invalid {
             provider: provider.name.clone(),
             message,
         };
-        if !provider.base_url.starts_with("http://") && !provider.base_url.starts_with("https://") {
-            return Err(invalid(format!(
-                "base_url must start with http:// or https://, got {:?}",
-                provider.base_url
-            )));
-        }
-        let mut headers = HeaderMap::new();
-        for (name, value) in &provider.headers {
-            let name = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| invalid(format!("{name:?} is not a valid HTTP header name")))?;
-            let value = HeaderValue::from_str(value)
-                .map_err(|_| invalid(format!("the value of header {name} is not a valid HTTP header value")))?;
-            headers.append(name, value);
-        }
+        provider.validate().map_err(invalid)?;
+        let headers = provider.header_map().map_err(invalid)?;
         let base_url = provider.base_url.trim_end_matches('/').to_string();
         let shared_connections = llm.http2_prior_knowledge || base_url.starts_with("https://");
         Ok(Self {

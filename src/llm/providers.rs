@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::retry::RetryPolicy;
 use super::{ChatRequest, HttpPool, LlmClient, LlmError, StreamItem};
-use crate::config::Config;
+use crate::config::{Config, validate_providers};
 
 /// How long [`Providers::list_models`] waits for each `GET /models`.
 pub const MODEL_LIST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -271,18 +271,18 @@ impl Providers {
     /// `llm.fallback` and the retry policy of `[llm]`.
     ///
     /// Errors: [`ProviderError::Client`] when TLS cannot be set up;
-    /// [`ProviderError::Invalid`] for a duplicate name, a bad header or base
-    /// URL (which [`Config::validate`] already rejects for loaded configs).
+    /// [`ProviderError::Invalid`] for a list that fails
+    /// [`validate_providers`] (a duplicate name, a bad header or base URL,
+    /// ...), the check [`Config::validate`] already made for loaded configs.
     pub fn from_config(config: &Config) -> Result<Self, ProviderError> {
         let http = HttpPool::new(&config.llm).map_err(|e| ProviderError::Client(e.to_string()))?;
+        let providers = config.effective_providers();
+        validate_providers(&providers).map_err(|e| ProviderError::Invalid {
+            provider: e.name().to_string(),
+            message: e.reason(),
+        })?;
         let mut entries: Vec<Entry> = Vec::new();
-        for provider in config.effective_providers() {
-            if entries.iter().any(|e| e.name == provider.name) {
-                return Err(ProviderError::Invalid {
-                    provider: provider.name,
-                    message: "the name is used twice; provider names must be unique".to_string(),
-                });
-            }
+        for provider in providers {
             let client = LlmClient::for_provider(http.clone(), &config.llm, &provider)?;
             let mut models: Vec<String> = Vec::new();
             for model in provider.models.iter().chain(&provider.default_model) {
@@ -294,7 +294,8 @@ impl Providers {
                 name: provider.name,
                 client: Arc::new(client),
                 models,
-                default_model: provider.default_model.filter(|m| !m.trim().is_empty()),
+                // Never blank: validate_providers refuses a blank default_model.
+                default_model: provider.default_model,
             });
         }
         if entries.is_empty() {

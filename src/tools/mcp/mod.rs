@@ -137,66 +137,19 @@ pub async fn start_mcp(servers: &[McpServerConfig], registry: Arc<ToolRegistry>)
 /// The longest registered tool name (the OpenAI function-name rule).
 const MAX_TOOL_NAME: usize = 64;
 
-/// Checks one `[[mcp_servers]]` entry: a name of 1 to 32 characters out of
-/// `A-Z a-z 0-9 _ -`, and exactly one of a non-blank `command` or an
-/// `http(s)://` `url`; `args`/`env` only with `command`, `headers` only
-/// with `url`, each a valid HTTP header that the transport does not set
-/// itself (`Accept`, `Mcp-Session-Id`, `Mcp-Protocol-Version`,
-/// `Last-Event-ID`).
+/// Checks one `[[mcp_servers]]` entry with [`McpServerConfig::validate`]
+/// (the name, exactly one of `command` or an `http(s)://` `url`, and the
+/// headers). Errors: [`McpError::InvalidConfig`] with the reason.
 pub fn validate_server(server: &McpServerConfig) -> Result<(), McpError> {
-    let bad = |reason: &str| {
-        Err(McpError::InvalidConfig {
-            server: server.name.clone(),
-            reason: reason.to_string(),
-        })
-    };
-    let name_ok = (1..=32).contains(&server.name.len())
-        && server
-            .name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if !name_ok {
-        return bad("the name must be 1 to 32 characters out of A-Z, a-z, 0-9, _ and -");
-    }
-    match (&server.command, &server.url) {
-        (Some(_), Some(_)) => bad("set either command (stdio) or url (HTTP), not both"),
-        (None, None) => bad("set command (stdio) or url (HTTP)"),
-        (Some(command), None) if command.trim().is_empty() => bad("command must not be blank"),
-        (Some(_), None) if !server.headers.is_empty() => bad("headers apply to url servers only"),
-        (None, Some(url)) if !url.starts_with("http://") && !url.starts_with("https://") => {
-            bad("url must start with http:// or https://")
-        }
-        (None, Some(_)) if !server.args.is_empty() || !server.env.is_empty() => {
-            bad("args and env apply to command servers only")
-        }
-        _ => {
-            for (name, value) in &server.headers {
-                parse_header(&server.name, name, value)?;
-            }
-            Ok(())
-        }
-    }
+    server.validate().map_err(|reason| invalid_config(server, reason))
 }
 
-/// Headers the MCP transport sets itself.
-const RESERVED_HEADERS: &[&str] = &["accept", "mcp-session-id", "mcp-protocol-version", "last-event-id"];
-
-/// One `headers` entry as an HTTP header; rejects invalid and reserved ones.
-fn parse_header(
-    server: &str,
-    name: &str,
-    value: &str,
-) -> Result<(reqwest::header::HeaderName, reqwest::header::HeaderValue), McpError> {
-    let invalid = |what: &str| McpError::InvalidConfig {
-        server: server.to_string(),
-        reason: format!("header {name:?}: {what}"),
-    };
-    let header = reqwest::header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid("invalid name"))?;
-    if RESERVED_HEADERS.contains(&header.as_str()) {
-        return Err(invalid("set by the MCP transport itself"));
+/// [`McpError::InvalidConfig`] for `server`.
+fn invalid_config(server: &McpServerConfig, reason: String) -> McpError {
+    McpError::InvalidConfig {
+        server: server.name.clone(),
+        reason,
     }
-    let value = reqwest::header::HeaderValue::from_str(value).map_err(|_| invalid("invalid value"))?;
-    Ok((header, value))
 }
 
 /// The registered name of an MCP tool: `<server>__<tool>`, with characters

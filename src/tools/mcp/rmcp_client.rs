@@ -188,11 +188,12 @@ fn http_client() -> Result<reqwest::Client, McpError> {
 }
 
 fn http_config(url: &str, server: &McpServerConfig) -> Result<StreamableHttpClientTransportConfig, McpError> {
-    let mut headers = HashMap::new();
-    for (name, value) in &server.headers {
-        let (name, value) = super::parse_header(&server.name, name, value)?;
-        headers.insert(name, value);
-    }
+    let headers: HashMap<_, _> = server
+        .header_map()
+        .map_err(|reason| super::invalid_config(server, reason))?
+        .iter()
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
     Ok(StreamableHttpClientTransportConfig::with_uri(url.to_string()).custom_headers(headers))
 }
 

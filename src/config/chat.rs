@@ -1,0 +1,74 @@
+//! `[chat]`: the reply loop.
+
+use serde::Deserialize;
+
+use super::{ConfigError, invalid};
+
+/// The reply loop.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChatConfig {
+    /// Most model rounds in one reply (`CHATD_MAX_ITERATIONS`).
+    pub max_iterations: u32,
+    /// What a client disconnect does to its reply.
+    pub on_disconnect: OnDisconnect,
+    /// Interval in ms after which a stream with no event gets an SSE
+    /// keep-alive comment.
+    pub keepalive_interval_ms: u64,
+    /// How long in ms a finished reply's events stay replayable exactly (in
+    /// memory for the first minute at most, in the `reply_event_batches`
+    /// table for all of it); later resumes get a compact replay built from
+    /// the stored message.
+    pub replay_retention_ms: u64,
+    /// Longest interval in ms between writes of a streaming reply's partial
+    /// state to its message row (what a crash can lose at most).
+    pub flush_interval_ms: u64,
+    /// On SIGTERM/Ctrl-C, how long in ms running replies may take to finish
+    /// before they are stopped and stored as `interrupted`.
+    pub drain_timeout_ms: u64,
+    /// Longest accepted user message, in characters (Unicode scalar values).
+    pub max_message_chars: usize,
+}
+
+/// What happens to a reply when its HTTP client goes away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDisconnect {
+    /// The reply runs to its end and is stored.
+    Continue,
+    /// The reply is cancelled and stored with status `cancelled` once the
+    /// last subscriber is gone.
+    Cancel,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        Self {
+            max_iterations: 20,
+            on_disconnect: OnDisconnect::Continue,
+            keepalive_interval_ms: 15_000,
+            replay_retention_ms: 600_000,
+            flush_interval_ms: 1_000,
+            drain_timeout_ms: 30_000,
+            max_message_chars: 100_000,
+        }
+    }
+}
+
+impl ChatConfig {
+    /// Checks that `max_iterations`, `flush_interval_ms` and
+    /// `keepalive_interval_ms` are at least 1. Errors:
+    /// [`ConfigError::Invalid`] naming the setting.
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_iterations == 0 {
+            return invalid("chat.max_iterations must be at least 1");
+        }
+        if self.flush_interval_ms == 0 {
+            return invalid("chat.flush_interval_ms must be at least 1");
+        }
+        if self.keepalive_interval_ms == 0 {
+            return invalid("chat.keepalive_interval_ms must be at least 1");
+        }
+        Ok(())
+    }
+}

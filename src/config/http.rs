@@ -1,0 +1,111 @@
+//! `[http]`, `auth`/`api_keys` and `[limits]`: what the HTTP layer serves and
+//! who may call it.
+
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+use super::{ConfigError, invalid};
+
+/// HTTP limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Largest accepted request body in bytes; larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// Origins allowed by CORS (e.g. `https://chat.example.com`); empty
+    /// allows none. `["*"]` allows any origin.
+    pub cors_origins: Vec<String>,
+    /// Serve `GET /metrics` on this separate address instead of the main one
+    /// (`CHATD_METRICS_LISTEN`).
+    pub metrics_listen: Option<SocketAddr>,
+    /// `plain` (default) or `json` log lines (`CHATD_LOG_FORMAT`).
+    pub log_format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Whether requests need an API key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// Require a key when keys are configured (and refuse a public listen
+    /// address without keys).
+    Keys,
+    /// No authentication, even on a public address.
+    None,
+}
+
+/// Per-key limits; they apply when API keys are in use (without
+/// authentication there is no key to count by).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Requests per minute per key, on every limited route; more get 429
+    /// with `Retry-After` (seconds).
+    pub requests_per_minute: u32,
+    /// Replies running at once per key; more get 429.
+    pub concurrent_replies: u32,
+    /// Most messages in one conversation; a new message past it gets 422
+    /// `conversation_too_long`.
+    pub max_conversation_messages: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            requests_per_minute: 600,
+            concurrent_replies: 16,
+            max_conversation_messages: 10_000,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            cors_origins: Vec::new(),
+            metrics_listen: None,
+            log_format: LogFormat::Plain,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// Checks that `requests_per_minute` and `concurrent_replies` are at
+    /// least 1. Errors: [`ConfigError::Invalid`].
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.requests_per_minute == 0 || self.concurrent_replies == 0 {
+            return invalid("limits.requests_per_minute and limits.concurrent_replies must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+impl AuthMode {
+    /// Checks access control: every key has at least 16 characters, and
+    /// with [`AuthMode::Keys`] a non-loopback `listen` has at least one key.
+    /// Errors: [`ConfigError::Invalid`]; the second one tells how to set a
+    /// key or turn authentication off.
+    pub(super) fn validate(self, api_keys: &[String], listen: SocketAddr) -> Result<(), ConfigError> {
+        if api_keys.iter().any(|k| k.len() < 16) {
+            return invalid("every API key must be at least 16 characters long");
+        }
+        if self == AuthMode::Keys && api_keys.is_empty() && !listen.ip().is_loopback() {
+            return invalid(format!(
+                "listen = {listen} is not a loopback address and no API key is configured: set CHATD_API_KEYS \
+                 (or api_keys), or say auth = \"none\" (CHATD_AUTH=none) to run without authentication"
+            ));
+        }
+        Ok(())
+    }
+}
