@@ -6,7 +6,6 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
-COPY migrations ./migrations
 RUN cargo build --release --locked --bin chatd \
  && strip target/release/chatd
 

@@ -1090,26 +1090,8 @@ async fn the_turn_is_stored_when_start_arrives_though_the_upstream_hangs() {
     );
     assert_eq!(first[0].event, "start");
 
-    // The database runs with the documented pragmas.
-    let mut conn = app.chat.store().pool().acquire().await.expect("conn");
-    let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
-        .fetch_one(&mut *conn)
-        .await
-        .expect("pragma");
-    let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
-        .fetch_one(&mut *conn)
-        .await
-        .expect("pragma");
-    let foreign_keys: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
-        .fetch_one(&mut *conn)
-        .await
-        .expect("pragma");
-    let busy: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
-        .fetch_one(&mut *conn)
-        .await
-        .expect("pragma");
-    assert_eq!((journal.as_str(), synchronous, foreign_keys), ("wal", 1, 1));
-    assert!(busy >= 1000, "busy_timeout {busy} ms");
+    // The database's pragmas are checked by the SQLite backend's own tests
+    // (`store::sqlite::tests`).
 }
 
 /// The user messages and replies stored in `conversation`, oldest first.

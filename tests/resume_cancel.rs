@@ -406,7 +406,7 @@ async fn two_hundred_concurrent_replies_are_all_stored() {
             assert_eq!(content, full_text(10));
         }
     }
-    app.chat.store().writer().flush().await;
+    app.chat.store().flush().await;
     let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM messages WHERE role = 'assistant'")
         .fetch_all(&db)
         .await

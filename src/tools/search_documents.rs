@@ -5,7 +5,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
-use super::documents::{self, fts_query, query_terms};
+use super::documents::{self, query_terms};
 use super::workspace::{self, PathError, blocking};
 use super::{Source, Tool, ToolContext, ToolError, ToolOutput};
 use crate::store::DocumentHit;
@@ -85,19 +85,19 @@ async fn search(ctx: ToolContext, query: &str, limit: u32) -> Result<ToolOutput,
         .ok_or_else(|| ToolError::Failed("the document index is not available here".into()))?;
     let max_file_bytes = ctx.config.max_file_bytes;
     let root = blocking(move || workspace::open_workspace(&ctx).map_err(ToolError::from)).await?;
-    documents::rescan(&store, &project, &root, max_file_bytes)
+    documents::rescan(store.as_ref(), &project, &root, max_file_bytes)
         .await
         .map_err(|e| ToolError::Failed(e.to_string()))?;
 
     let failed = |e: crate::store::StoreError| ToolError::Failed(format!("the search failed: {e}"));
     let mut hits = store
-        .search_documents(&project, &fts_query(&terms, false), limit)
+        .search_documents(&project, &terms, false, limit)
         .await
         .map_err(failed)?;
     let mut partial = false;
     if hits.is_empty() && terms.len() > 1 {
         hits = store
-            .search_documents(&project, &fts_query(&terms, true), limit)
+            .search_documents(&project, &terms, true, limit)
             .await
             .map_err(failed)?;
         partial = true;

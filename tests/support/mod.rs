@@ -75,7 +75,7 @@ impl TestApp {
     /// for the database is committed first, as its shutdown would (`chatd
     /// serve` flushes the writer before it exits).
     pub async fn reopen(&self, tweak: impl FnOnce(&mut Config)) -> Self {
-        self.chat.store().writer().flush().await;
+        self.chat.store().flush().await;
         Self::start_in(&self.upstream, self.dir.clone(), tweak, ToolRegistry::with_builtins()).await
     }
 
