@@ -77,8 +77,7 @@ impl Status {
     }
 }
 
-/// A stored message as the API returns it. The JSON fields (`steps`,
-/// `tool_calls`, `usage`, `sources`, `error`) are passed through as stored.
+/// A stored message as the API returns it. JSON columns are passed through.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Message {
     pub id: Uuid,
@@ -88,7 +87,7 @@ pub struct Message {
     pub content: String,
     /// The reply's reasoning ("thinking") text, if any.
     pub reasoning: Option<String>,
-    /// The reply's steps in order (see [`StoredStep`]).
+    /// The reply's steps in order (see the chat module's `StoredStep`).
     #[schema(value_type = Vec<StoredStep>)]
     pub steps: Value,
     /// The reply's tool calls, OpenAI `tool_calls` shape.
@@ -118,7 +117,7 @@ pub struct Message {
     pub updated_at: i64,
 }
 
-/// A step as stored in a reply's `steps`: thinking and text steps carry their
+/// A step as stored in `messages.steps`: thinking and text steps carry their
 /// full `content`; `round` is the 0-based model round it belongs to, used to
 /// rebuild the history sent upstream.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
@@ -136,9 +135,7 @@ pub struct UsageTotals {
     pub total_tokens: u64,
 }
 
-/// What went wrong: a stable `code` and a message saying what to fix. The
-/// `error` of every HTTP error body and of a stored message whose reply
-/// failed.
+/// What went wrong: a stable `code` and a message saying what to fix.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[schema(as = ErrorDetail)]
 pub struct ErrorInfo {

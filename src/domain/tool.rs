@@ -3,8 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A complete tool call (OpenAI `tool_calls[]` item): what the model asked
-/// for, as sent back upstream and as stored on a reply.
+/// A tool call of a stored reply (OpenAI `tool_calls` item).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[schema(as = StoredToolCall)]
 pub struct ToolCall {
@@ -15,7 +14,7 @@ pub struct ToolCall {
     pub function: FunctionCall,
 }
 
-/// The function part of a [`ToolCall`].
+/// The function part of a [`StoredToolCall`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[schema(as = StoredFunctionCall)]
 pub struct FunctionCall {
