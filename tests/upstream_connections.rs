@@ -11,13 +11,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
+use support::TestApp;
 use support::mock::{self, MockUpstream};
-use support::{TestApp, checked};
+use support::sse::checked;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// The terminal event's name and the reply's text.
-fn outcome(events: &[support::SseEvent]) -> (String, String) {
+fn outcome(events: &[support::sse::SseEvent]) -> (String, String) {
     let got = checked(events);
     let text: String = got
         .iter()
