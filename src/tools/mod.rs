@@ -14,6 +14,7 @@ pub mod mcp;
 pub mod read_file;
 pub mod search_documents;
 pub mod search_files;
+mod text;
 pub mod workspace;
 pub mod write_file;
 

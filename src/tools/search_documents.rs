@@ -6,6 +6,7 @@ use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
 use super::documents::{self, query_terms};
+use super::text::collapse_whitespace;
 use super::workspace::{self, PathError, blocking};
 use super::{Source, Tool, ToolContext, ToolError, ToolOutput};
 use crate::store::DocumentHit;
@@ -118,7 +119,7 @@ fn render(query: &str, hits: &[DocumentHit], partial: bool) -> ToolOutput {
             id: format!("S{}", i + 1),
             title: hit.title.clone(),
             path: hit.path.clone(),
-            snippet: one_line(&hit.snippet),
+            snippet: collapse_whitespace(&hit.snippet),
         })
         .collect();
     let head = if partial {
@@ -134,11 +135,6 @@ fn render(query: &str, hits: &[DocumentHit], partial: bool) -> ToolOutput {
         text.push_str(&format!("\n\n[{}] {} ({})\n{}", s.id, s.title, s.path, s.snippet));
     }
     ToolOutput { content: text, sources }
-}
-
-/// `text` with every run of whitespace made one space.
-fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]
