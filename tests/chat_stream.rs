@@ -7,6 +7,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chatd::domain::{Role, Status};
 use serde_json::{Value, json};
 use sqlx::Row;
 use support::TestApp;
@@ -129,54 +130,47 @@ async fn plain_reply_streams_and_is_stored() {
     assert_eq!(tools, ["calculator", "get_current_time"]);
     assert!(sent[0].get("tool_choice").is_none());
 
-    let db = app.db().await;
-    let conv_id = events[0].data["conversation_id"].as_str().expect("conversation id");
-    let title: String = sqlx::query_scalar("SELECT title FROM conversations WHERE id = ?")
-        .bind(conv_id)
-        .fetch_one(&db)
+    // The stored rows, read through the store's traits.
+    let store = app.chat.store();
+    let conv_id: uuid::Uuid = events[0].data["conversation_id"]
+        .as_str()
+        .expect("conversation id")
+        .parse()
+        .expect("uuid");
+    let conversation = store
+        .conversation(conv_id)
         .await
+        .expect("read")
         .expect("conversation row");
-    assert_eq!(title, "Say hello");
-    let rows = sqlx::query(
-        "SELECT id, role, content, status, usage, steps, finish_reason, model FROM messages \
-         WHERE conversation_id = ? ORDER BY created_at, rowid",
-    )
-    .bind(conv_id)
-    .fetch_all(&db)
-    .await
-    .expect("messages");
+    assert_eq!(conversation.title.as_deref(), Some("Say hello"));
+    let rows = store.messages(conv_id).await.expect("messages");
     assert_eq!(rows.len(), 2);
     assert_eq!(
-        rows[0].get::<String, _>("id"),
+        rows[0].id.to_string(),
         events[0].data["user_message_id"].as_str().expect("id")
     );
-    assert_eq!(rows[0].get::<String, _>("role"), "user");
-    assert_eq!(rows[0].get::<String, _>("content"), "Say hello\nplease");
-    assert_eq!(rows[0].get::<String, _>("status"), "complete");
-    assert_eq!(rows[1].get::<String, _>("id"), events[0].message_id());
-    assert_eq!(rows[1].get::<String, _>("role"), "assistant");
-    assert_eq!(rows[1].get::<String, _>("content"), "Hello!");
-    assert_eq!(rows[1].get::<String, _>("status"), "complete");
-    assert_eq!(rows[1].get::<String, _>("finish_reason"), "stop");
-    assert_eq!(rows[1].get::<String, _>("model"), "mock-model");
-    let usage: Value = serde_json::from_str(&rows[1].get::<String, _>("usage")).expect("usage json");
+    assert_eq!(rows[0].role, Role::User);
+    assert_eq!(rows[0].content, "Say hello\nplease");
+    assert_eq!(rows[0].status, Status::Complete);
+    assert_eq!(rows[1].id.to_string(), events[0].message_id());
+    assert_eq!(rows[1].role, Role::Assistant);
+    assert_eq!(rows[1].content, "Hello!");
+    assert_eq!(rows[1].status, Status::Complete);
+    assert_eq!(rows[1].finish_reason.as_deref(), Some("stop"));
+    assert_eq!(rows[1].model.as_deref(), Some("mock-model"));
     assert_eq!(
-        usage,
-        json!({"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9})
+        rows[1].usage,
+        Some(json!({"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}))
     );
-    let steps: Value = serde_json::from_str(&rows[1].get::<String, _>("steps")).expect("steps json");
     assert_eq!(
-        steps,
+        rows[1].steps,
         json!([{"round": 0, "id": "step-0", "index": 0, "type": "text", "content": "Hello!"}])
     );
-    let ledger = sqlx::query("SELECT model, prompt_tokens, completion_tokens FROM token_usage")
-        .fetch_all(&db)
-        .await
-        .expect("ledger");
+    let ledger = store.usage().await.expect("ledger");
     assert_eq!(ledger.len(), 1);
-    assert_eq!(ledger[0].get::<String, _>("model"), "mock-model");
-    assert_eq!(ledger[0].get::<i64, _>("prompt_tokens"), 7);
-    assert_eq!(ledger[0].get::<i64, _>("completion_tokens"), 2);
+    assert_eq!(ledger[0].model, "mock-model");
+    assert_eq!(ledger[0].prompt_tokens, 7);
+    assert_eq!(ledger[0].completion_tokens, 2);
 }
 
 #[tokio::test]
