@@ -5,8 +5,10 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+# The workspace member bench/ (the benchmark) must be present for cargo to
+# load the workspace; only chatd is built.
+COPY bench ./bench
 COPY src ./src
-COPY migrations ./migrations
 RUN cargo build --release --locked --bin chatd \
  && strip target/release/chatd
 

@@ -57,7 +57,7 @@ wait_for_line() { # FILE PREFIX: prints the rest of the first line starting with
 }
 
 cargo build --release --locked --bin chatd
-if [ -d src/bin/chatd-bench ] && cargo build --release --locked --bin chatd-bench; then
+if [ -d bench ] && cargo build --release --locked -p chatd-bench; then
     target/release/chatd-bench mock --listen 127.0.0.1:0 >"$work/mock.out" 2>"$work/mock.err" &
     pids+=($!)
 else

@@ -116,7 +116,7 @@ async fn run(cli: Cli, mut config: Config) -> Result<(), Box<dyn std::error::Err
             }
         }
         Command::Migrate => {
-            chatd::store::Store::open(&config.database_url).await?;
+            chatd::store::open(&config.database_url).await?;
             println!("database {} is migrated", config.database_url);
             Ok(())
         }
@@ -172,11 +172,10 @@ async fn serve(config: Config) -> Result<(), AppError> {
     // `into_make_service` turns the routes into services once; handing
     // `axum::serve` the router itself redoes that for every connection
     // (about 17 KiB and a route table rebuild per HTTP/1.1 connection).
-    let server = axum::serve(chatd::http::listener(listener), app.router.into_make_service()).with_graceful_shutdown(
-        async move {
+    let server = axum::serve(chatd::http::listener(listener), app.router.clone().into_make_service())
+        .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|s| *s).await;
-        },
-    );
+        });
     let mut stopped = stop_rx;
     tokio::select! {
         result = server => result.map_err(AppError::Serve)?,
@@ -187,8 +186,7 @@ async fn serve(config: Config) -> Result<(), AppError> {
     }
     // The server may finish before the drain does (no connections open).
     let _ = drained.await;
-    app.chat.store().writer().flush().await;
-    app.mcp.shutdown().await;
+    app.shutdown().await;
     Ok(())
 }
 

@@ -5,97 +5,21 @@ mod support;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use chatd::tools::{Approval, Source, Tool, ToolContext, ToolError, ToolOutput, ToolRegistry};
-use futures::FutureExt;
-use futures::future::BoxFuture;
-use serde_json::{Value, json};
+use chatd::tools::Approval;
+use serde_json::json;
 use support::mock::{self, MockUpstream};
-use support::{SseEvent, TestApp, events_of, next, rest};
-
-/// A tool with a side effect: counts its runs; asks for approval.
-struct Launch(Arc<AtomicUsize>);
-
-impl Tool for Launch {
-    fn name(&self) -> &str {
-        "launch"
-    }
-    fn description(&self) -> &str {
-        "Launches the thing."
-    }
-    fn parameters(&self) -> Value {
-        json!({"type": "object", "properties": {"target": {"type": "string"}}})
-    }
-    fn default_approval(&self) -> Approval {
-        Approval::Ask
-    }
-    fn call(&self, _ctx: ToolContext, args: Value) -> BoxFuture<'static, Result<ToolOutput, ToolError>> {
-        let runs = self.0.clone();
-        async move {
-            runs.fetch_add(1, Ordering::SeqCst);
-            Ok(format!("launched {}", args["target"].as_str().unwrap_or("?")).into())
-        }
-        .boxed()
-    }
-}
-
-/// Returns two sources.
-struct Cite;
-
-impl Tool for Cite {
-    fn name(&self) -> &str {
-        "cite"
-    }
-    fn description(&self) -> &str {
-        "Finds documents."
-    }
-    fn parameters(&self) -> Value {
-        json!({"type": "object"})
-    }
-    fn call(&self, _ctx: ToolContext, _: Value) -> BoxFuture<'static, Result<ToolOutput, ToolError>> {
-        async move {
-            let source = |path: &str| Source {
-                id: "x".into(),
-                title: format!("Title of {path}"),
-                path: path.into(),
-                snippet: format!("from {path}"),
-            };
-            Ok(ToolOutput {
-                content: "two documents".into(),
-                sources: vec![source("a.md"), source("b.md")],
-            })
-        }
-        .boxed()
-    }
-}
+use support::sse::{SseEvent, next, rest};
+use support::tools::{Cite, Launch, registry_with};
+use support::{TestApp, step_types};
 
 async fn app(upstream: &MockUpstream, runs: Arc<AtomicUsize>, timeout_ms: u64) -> TestApp {
-    let tools = ToolRegistry::with_builtins();
-    tools.register(Arc::new(Launch(runs))).expect("register");
-    tools.register(Arc::new(Cite)).expect("register");
+    let tools = registry_with(vec![Arc::new(Launch(runs)), Arc::new(Cite)]);
     TestApp::start_with(&upstream.base_url, |c| c.tools.approval_timeout_ms = timeout_ms, tools).await
 }
 
-async fn approve(app: &TestApp, message_id: &str, body: Value) -> (u16, Value) {
-    app.send(
-        reqwest::Method::POST,
-        &format!("/api/chat/{message_id}/approve"),
-        Some(body),
-    )
-    .await
-}
-
 async fn start_launch(app: &TestApp) -> (impl futures::Stream<Item = SseEvent> + Unpin, String) {
-    let r = app
-        .http
-        .post(app.url("/api/chat"))
-        .json(&json!({"message": "launch it"}))
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(r.status(), 200);
-    let mut stream = events_of(r);
-    let start = next(&mut stream).await;
-    let id = start.data["message_id"].as_str().expect("id").to_string();
+    let mut stream = app.stream_chat(json!({"message": "launch it"})).await;
+    let id = next(&mut stream).await.message_id();
     let call = next(&mut stream).await;
     assert_eq!(call.data["type"], "tool_call");
     let ask = next(&mut stream).await;
@@ -112,15 +36,22 @@ fn script(upstream: &MockUpstream) {
     upstream.push(mock::text_reply(&["ok"], 1, 1));
 }
 
-#[tokio::test]
-async fn an_approved_call_runs() {
+/// A mock upstream with [`script`], chatd with `timeout_ms` to approve, and
+/// the count of `launch` runs.
+async fn launching(timeout_ms: u64) -> (MockUpstream, Arc<AtomicUsize>, TestApp) {
     let upstream = MockUpstream::start().await;
     script(&upstream);
     let runs = Arc::new(AtomicUsize::new(0));
-    let app = app(&upstream, runs.clone(), 10_000).await;
+    let app = app(&upstream, runs.clone(), timeout_ms).await;
+    (upstream, runs, app)
+}
+
+#[tokio::test]
+async fn an_approved_call_runs() {
+    let (_upstream, runs, app) = launching(10_000).await;
     let (mut stream, id) = start_launch(&app).await;
     assert_eq!(runs.load(Ordering::SeqCst), 0, "nothing runs before the approval");
-    let (status, body) = approve(&app, &id, json!({"tool_call_id": "L1", "approved": true})).await;
+    let (status, body) = app.approve(&id, json!({"tool_call_id": "L1", "approved": true})).await;
     assert_eq!(
         (status, body),
         (200, json!({"message_id": id, "tool_call_id": "L1", "approved": true}))
@@ -135,34 +66,33 @@ async fn an_approved_call_runs() {
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 
     // A decision for a call that is no longer waiting is a conflict.
-    let (status, body) = approve(&app, &id, json!({"tool_call_id": "L1", "approved": true})).await;
+    let (status, body) = app.approve(&id, json!({"tool_call_id": "L1", "approved": true})).await;
     assert_eq!(status, 404, "the reply is over: {body}");
-    let (status, body) = approve(
-        &app,
-        &uuid::Uuid::now_v7().to_string(),
-        json!({"tool_call_id": "L1", "approved": true}),
-    )
-    .await;
+    let (status, body) = app
+        .approve(
+            &uuid::Uuid::now_v7().to_string(),
+            json!({"tool_call_id": "L1", "approved": true}),
+        )
+        .await;
     assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
-    let (status, body) = approve(&app, &id, json!({"tool_call_id": "L1"})).await;
+    let (status, body) = app.approve(&id, json!({"tool_call_id": "L1"})).await;
     assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_request")));
 }
 
 #[tokio::test]
 async fn a_declined_call_becomes_a_failed_result_the_model_sees() {
-    let upstream = MockUpstream::start().await;
-    script(&upstream);
-    let runs = Arc::new(AtomicUsize::new(0));
-    let app = app(&upstream, runs.clone(), 10_000).await;
+    let (upstream, runs, app) = launching(10_000).await;
     let (mut stream, id) = start_launch(&app).await;
-    let (status, _) = approve(&app, &id, json!({"tool_call_id": "nope", "approved": true})).await;
+    let (status, _) = app
+        .approve(&id, json!({"tool_call_id": "nope", "approved": true}))
+        .await;
     assert_eq!(status, 409, "unknown tool call id");
-    let (status, _) = approve(
-        &app,
-        &id,
-        json!({"tool_call_id": "L1", "approved": false, "reason": "not today"}),
-    )
-    .await;
+    let (status, _) = app
+        .approve(
+            &id,
+            json!({"tool_call_id": "L1", "approved": false, "reason": "not today"}),
+        )
+        .await;
     assert_eq!(status, 200);
     let tail = rest(&mut stream).await;
     let expected =
@@ -176,21 +106,12 @@ async fn a_declined_call_becomes_a_failed_result_the_model_sees() {
         json!({"role": "tool", "tool_call_id": "L1", "content": expected})
     );
     let row = app.message_row(&id).await;
-    let types: Vec<&str> = row["steps"]
-        .as_array()
-        .expect("steps")
-        .iter()
-        .map(|s| s["type"].as_str().expect("t"))
-        .collect();
-    assert_eq!(types, ["tool_call", "tool_approval", "tool_result", "text"]);
+    assert_eq!(step_types(&row), ["tool_call", "tool_approval", "tool_result", "text"]);
 }
 
 #[tokio::test]
 async fn no_answer_in_time_counts_as_a_denial() {
-    let upstream = MockUpstream::start().await;
-    script(&upstream);
-    let runs = Arc::new(AtomicUsize::new(0));
-    let app = app(&upstream, runs.clone(), 200).await;
+    let (_upstream, runs, app) = launching(200).await;
     let (mut stream, _) = start_launch(&app).await;
     let tail = rest(&mut stream).await;
     assert_eq!(
@@ -205,8 +126,7 @@ async fn approval_policy_comes_from_the_config() {
     let upstream = MockUpstream::start().await;
     script(&upstream);
     let runs = Arc::new(AtomicUsize::new(0));
-    let tools = ToolRegistry::with_builtins();
-    tools.register(Arc::new(Launch(runs.clone()))).expect("register");
+    let tools = registry_with(vec![Arc::new(Launch(runs.clone()))]);
     let app = TestApp::start_with(
         &upstream.base_url,
         |c| {

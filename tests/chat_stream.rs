@@ -7,13 +7,13 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatd::tools::{Tool, ToolContext, ToolError, ToolOutput, ToolRegistry};
-use futures::FutureExt;
-use futures::future::BoxFuture;
+use chatd::domain::{Role, Status};
 use serde_json::{Value, json};
 use sqlx::Row;
-use support::mock::{self, MockResponse, MockUpstream};
-use support::{TestApp, checked, read_events};
+use support::TestApp;
+use support::mock::{self, MockResponse, MockUpstream, full_text, slow_text};
+use support::sse::{SseEvent, checked, read_events};
+use support::tools::{Panics, Sleeps, WaitPair, registry_with};
 
 /// Replaces the run-dependent ids and durations so events compare exactly.
 fn normalize(events: &[(String, Value)]) -> Vec<(String, Value)> {
@@ -88,12 +88,7 @@ fn error(code: &str, message: &str, retryable: bool) -> (String, Value) {
     )
 }
 
-/// The assistant message id from a `start` event.
-fn message_id(events: &[support::SseEvent]) -> String {
-    events[0].data["message_id"].as_str().expect("message_id").to_string()
-}
-
-async fn run(app: &TestApp, body: Value) -> (Vec<support::SseEvent>, Vec<(String, Value)>) {
+async fn run(app: &TestApp, body: Value) -> (Vec<SseEvent>, Vec<(String, Value)>) {
     let events = app.chat(body).await;
     let normalized = normalize(&checked(&events));
     (events, normalized)
@@ -135,54 +130,47 @@ async fn plain_reply_streams_and_is_stored() {
     assert_eq!(tools, ["calculator", "get_current_time"]);
     assert!(sent[0].get("tool_choice").is_none());
 
-    let db = app.db().await;
-    let conv_id = events[0].data["conversation_id"].as_str().expect("conversation id");
-    let title: String = sqlx::query_scalar("SELECT title FROM conversations WHERE id = ?")
-        .bind(conv_id)
-        .fetch_one(&db)
+    // The stored rows, read through the store's traits.
+    let store = app.chat.store();
+    let conv_id: uuid::Uuid = events[0].data["conversation_id"]
+        .as_str()
+        .expect("conversation id")
+        .parse()
+        .expect("uuid");
+    let conversation = store
+        .conversation(conv_id)
         .await
+        .expect("read")
         .expect("conversation row");
-    assert_eq!(title, "Say hello");
-    let rows = sqlx::query(
-        "SELECT id, role, content, status, usage, steps, finish_reason, model FROM messages \
-         WHERE conversation_id = ? ORDER BY created_at, rowid",
-    )
-    .bind(conv_id)
-    .fetch_all(&db)
-    .await
-    .expect("messages");
+    assert_eq!(conversation.title.as_deref(), Some("Say hello"));
+    let rows = store.messages(conv_id).await.expect("messages");
     assert_eq!(rows.len(), 2);
     assert_eq!(
-        rows[0].get::<String, _>("id"),
+        rows[0].id.to_string(),
         events[0].data["user_message_id"].as_str().expect("id")
     );
-    assert_eq!(rows[0].get::<String, _>("role"), "user");
-    assert_eq!(rows[0].get::<String, _>("content"), "Say hello\nplease");
-    assert_eq!(rows[0].get::<String, _>("status"), "complete");
-    assert_eq!(rows[1].get::<String, _>("id"), message_id(&events));
-    assert_eq!(rows[1].get::<String, _>("role"), "assistant");
-    assert_eq!(rows[1].get::<String, _>("content"), "Hello!");
-    assert_eq!(rows[1].get::<String, _>("status"), "complete");
-    assert_eq!(rows[1].get::<String, _>("finish_reason"), "stop");
-    assert_eq!(rows[1].get::<String, _>("model"), "mock-model");
-    let usage: Value = serde_json::from_str(&rows[1].get::<String, _>("usage")).expect("usage json");
+    assert_eq!(rows[0].role, Role::User);
+    assert_eq!(rows[0].content, "Say hello\nplease");
+    assert_eq!(rows[0].status, Status::Complete);
+    assert_eq!(rows[1].id.to_string(), events[0].message_id());
+    assert_eq!(rows[1].role, Role::Assistant);
+    assert_eq!(rows[1].content, "Hello!");
+    assert_eq!(rows[1].status, Status::Complete);
+    assert_eq!(rows[1].finish_reason.as_deref(), Some("stop"));
+    assert_eq!(rows[1].model.as_deref(), Some("mock-model"));
     assert_eq!(
-        usage,
-        json!({"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9})
+        rows[1].usage,
+        Some(json!({"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}))
     );
-    let steps: Value = serde_json::from_str(&rows[1].get::<String, _>("steps")).expect("steps json");
     assert_eq!(
-        steps,
+        rows[1].steps,
         json!([{"round": 0, "id": "step-0", "index": 0, "type": "text", "content": "Hello!"}])
     );
-    let ledger = sqlx::query("SELECT model, prompt_tokens, completion_tokens FROM token_usage")
-        .fetch_all(&db)
-        .await
-        .expect("ledger");
+    let ledger = store.usage().await.expect("ledger");
     assert_eq!(ledger.len(), 1);
-    assert_eq!(ledger[0].get::<String, _>("model"), "mock-model");
-    assert_eq!(ledger[0].get::<i64, _>("prompt_tokens"), 7);
-    assert_eq!(ledger[0].get::<i64, _>("completion_tokens"), 2);
+    assert_eq!(ledger[0].model, "mock-model");
+    assert_eq!(ledger[0].prompt_tokens, 7);
+    assert_eq!(ledger[0].completion_tokens, 2);
 }
 
 #[tokio::test]
@@ -212,7 +200,7 @@ async fn reasoning_fields_then_text() {
         upstream.received()[0]["chat_template_kwargs"],
         json!({"enable_thinking": true})
     );
-    let row = app.message_row(&message_id(&events)).await;
+    let row = app.message_row(&events[0].message_id()).await;
     assert_eq!(row["reasoning"], "Let me think.");
     assert_eq!(row["content"], "Four.");
 }
@@ -240,7 +228,7 @@ async fn think_tags_in_content_become_thinking_steps() {
             done("stop", 0, 0, Some("go")),
         ]
     );
-    let row = app.message_row(&message_id(&events)).await;
+    let row = app.message_row(&events[0].message_id()).await;
     assert_eq!(row["reasoning"], "planning");
     assert_eq!(row["content"], "Done <b>ok</b>");
 }
@@ -282,7 +270,7 @@ async fn split_tool_call_runs_then_second_round() {
         ])
     );
 
-    let row = app.message_row(&message_id(&events)).await;
+    let row = app.message_row(&events[0].message_id()).await;
     assert_eq!(row["status"], "complete");
     assert_eq!(row["content"], "It is 42.");
     assert_eq!(
@@ -300,77 +288,6 @@ async fn split_tool_call_runs_then_second_round() {
         row["usage"],
         json!({"prompt_tokens": 30, "completion_tokens": 8, "total_tokens": 38})
     );
-}
-
-/// Completes only when two calls of it run at the same time.
-struct WaitPair(Arc<tokio::sync::Barrier>);
-
-impl Tool for WaitPair {
-    fn name(&self) -> &str {
-        "wait_pair"
-    }
-    fn description(&self) -> &str {
-        "Returns once a second call is running too."
-    }
-    fn parameters(&self) -> Value {
-        json!({"type": "object", "properties": {"tag": {"type": "string"}}, "required": ["tag"]})
-    }
-    fn call(&self, _ctx: ToolContext, arguments: Value) -> BoxFuture<'static, Result<ToolOutput, ToolError>> {
-        let barrier = self.0.clone();
-        async move {
-            barrier.wait().await;
-            Ok(format!("paired {}", arguments["tag"].as_str().unwrap_or("?")).into())
-        }
-        .boxed()
-    }
-}
-
-/// Panics when called.
-struct Panics;
-
-impl Tool for Panics {
-    fn name(&self) -> &str {
-        "panics"
-    }
-    fn description(&self) -> &str {
-        "Always panics."
-    }
-    fn parameters(&self) -> Value {
-        json!({"type": "object"})
-    }
-    fn call(&self, _ctx: ToolContext, _: Value) -> BoxFuture<'static, Result<ToolOutput, ToolError>> {
-        async move { panic!("tool bug") }.boxed()
-    }
-}
-
-/// Never finishes.
-struct Sleeps;
-
-impl Tool for Sleeps {
-    fn name(&self) -> &str {
-        "sleeps"
-    }
-    fn description(&self) -> &str {
-        "Sleeps for an hour."
-    }
-    fn parameters(&self) -> Value {
-        json!({"type": "object"})
-    }
-    fn call(&self, _ctx: ToolContext, _: Value) -> BoxFuture<'static, Result<ToolOutput, ToolError>> {
-        async move {
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-            Ok("late".into())
-        }
-        .boxed()
-    }
-}
-
-fn registry_with(extra: Vec<Arc<dyn Tool>>) -> ToolRegistry {
-    let registry = ToolRegistry::with_builtins();
-    for tool in extra {
-        registry.register(tool).expect("register test tool");
-    }
-    registry
 }
 
 #[tokio::test]
@@ -429,7 +346,7 @@ async fn failing_unknown_and_badly_called_tools_become_failed_results() {
         1,
     ));
     upstream.push(mock::text_reply(&["sorry"], 1, 1));
-    let tools = registry_with(vec![Arc::new(Panics), Arc::new(Sleeps)]);
+    let tools = registry_with(vec![Arc::new(Panics), Arc::new(Sleeps::default())]);
     let app = TestApp::start_with(&upstream.base_url, |c| c.tools.timeout_ms = 300, tools).await;
 
     let (events, got) = run(&app, json!({"message": "break things"})).await;
@@ -477,7 +394,7 @@ async fn failing_unknown_and_badly_called_tools_become_failed_results() {
     let messages = upstream.received()[1]["messages"].clone();
     assert_eq!(messages.as_array().expect("messages").len(), 1 + 1 + 6);
     assert_eq!(messages[3]["content"], content(1));
-    let row = app.message_row(&message_id(&events)).await;
+    let row = app.message_row(&events[0].message_id()).await;
     assert_eq!(row["status"], "complete");
 }
 
@@ -487,21 +404,16 @@ async fn failing_upstream(
 ) -> (TestApp, Vec<(String, Value)>, Value) {
     let upstream = MockUpstream::start().await;
     upstream.push(response);
-    let app = TestApp::start_with(&upstream.base_url, tweak, ToolRegistry::with_builtins()).await;
+    let app = TestApp::start_tweaked(&upstream.base_url, tweak).await;
     let (events, got) = run(&app, json!({"message": "hi"})).await;
-    let row = app.message_row(&message_id(&events)).await;
+    let row = app.message_row(&events[0].message_id()).await;
     (app, got, row)
 }
 
 #[tokio::test]
 async fn upstream_http_errors_map_to_error_events() {
-    let body = r#"{"error":{"message":"boom","type":"server_error"}}"#.to_string();
     let (_, got, row) = failing_upstream(
-        MockResponse::Status {
-            status: 500,
-            headers: vec![],
-            body,
-        },
+        mock::status(500, &[], r#"{"error":{"message":"boom","type":"server_error"}}"#),
         |_| {},
     )
     .await;
@@ -519,11 +431,7 @@ async fn upstream_http_errors_map_to_error_events() {
     );
 
     let (_, got, _) = failing_upstream(
-        MockResponse::Status {
-            status: 429,
-            headers: vec![("retry-after".into(), "7".into())],
-            body: r#"{"error":{"message":"slow down"}}"#.into(),
-        },
+        mock::status(429, &[("retry-after", "7")], r#"{"error":{"message":"slow down"}}"#),
         |_| {},
     )
     .await;
@@ -539,15 +447,7 @@ async fn upstream_http_errors_map_to_error_events() {
         ]
     );
 
-    let (_, got, _) = failing_upstream(
-        MockResponse::Status {
-            status: 400,
-            headers: vec![],
-            body: "model not found\n".into(),
-        },
-        |_| {},
-    )
-    .await;
+    let (_, got, _) = failing_upstream(mock::status(400, &[], "model not found\n"), |_| {}).await;
     assert_eq!(
         got,
         vec![
@@ -559,18 +459,12 @@ async fn upstream_http_errors_map_to_error_events() {
 
 #[tokio::test]
 async fn connection_refused_is_upstream_unavailable() {
-    // Bind then drop a listener: nothing listens on that port any more.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let app = TestApp::start(&format!("http://127.0.0.1:{port}/v1")).await;
+    let app = TestApp::start(&support::closed_port_url()).await;
     let (events, got) = run(&app, json!({"message": "hi"})).await;
     assert_eq!(got.len(), 2);
     assert_eq!(got[1].1["code"], "upstream_unavailable");
     assert_eq!(got[1].1["retryable"], true);
-    let row = app.message_row(&message_id(&events)).await;
+    let row = app.message_row(&events[0].message_id()).await;
     assert_eq!(row["status"], "error");
 }
 
@@ -638,10 +532,7 @@ async fn cut_stream_and_mid_stream_error_keep_partial_text() {
 
 #[tokio::test]
 async fn silence_past_the_idle_timeout_fails_the_reply() {
-    let slow = MockResponse::Stream(vec![
-        (0, format!("data: {}\n\n", mock::content("Hi"))),
-        (3_000, format!("data: {}\n\n", mock::content("late"))),
-    ]);
+    let slow = mock::timed(&[(0, mock::content("Hi")), (3_000, mock::content("late"))]);
     let (_, got, row) = failing_upstream(slow, |c| c.llm.idle_timeout_ms = 300).await;
     assert_eq!(
         got,
@@ -680,12 +571,7 @@ async fn max_iterations_stops_a_model_that_keeps_calling_tools() {
         1,
         1,
     ));
-    let app = TestApp::start_with(
-        &upstream.base_url,
-        |c| c.chat.max_iterations = 2,
-        ToolRegistry::with_builtins(),
-    )
-    .await;
+    let app = TestApp::start_tweaked(&upstream.base_url, |c| c.chat.max_iterations = 2).await;
     let (events, got) = run(&app, json!({"message": "loop"})).await;
     assert_eq!(
         got,
@@ -703,7 +589,7 @@ async fn max_iterations_stops_a_model_that_keeps_calling_tools() {
         ]
     );
     assert_eq!(upstream.received().len(), 2);
-    let row = app.message_row(&message_id(&events)).await;
+    let row = app.message_row(&events[0].message_id()).await;
     assert_eq!(row["status"], "error");
     assert_eq!(row["error"]["code"], "max_iterations");
 }
@@ -739,51 +625,28 @@ async fn accumulated_mode_sends_content_so_far() {
     );
 }
 
-fn slow_text(pieces: usize, delay_ms: u64) -> MockResponse {
-    let mut chunks: Vec<Value> = (0..pieces).map(|i| mock::content(&format!("w{i} "))).collect();
-    chunks.push(mock::finish("stop"));
-    mock::sse_with_delay(&chunks, delay_ms)
-}
-
 #[tokio::test]
 async fn a_client_that_disconnects_does_not_stop_the_reply() {
     let upstream = MockUpstream::start().await;
     upstream.push(slow_text(10, 30));
     let app = TestApp::start(&upstream.base_url).await;
-    let response = app
-        .http
-        .post(app.url("/api/chat"))
-        .json(&json!({"message": "long"}))
-        .send()
-        .await
-        .expect("post");
-    let first = read_events(response, 3).await; // the response is dropped here
+    let first = read_events(app.post_chat(&json!({"message": "long"})).await, 3).await; // the response is dropped here
     assert_eq!(first.len(), 3);
-    let row = app.wait_final(&message_id(&first)).await;
+    let row = app.wait_final(&first[0].message_id()).await;
     assert_eq!(row["status"], "complete");
-    let expected: String = (0..10).map(|i| format!("w{i} ")).collect();
-    assert_eq!(row["content"], expected);
+    assert_eq!(row["content"], full_text(10));
 }
 
 #[tokio::test]
 async fn on_disconnect_cancel_stores_a_cancelled_reply() {
     let upstream = MockUpstream::start().await;
     upstream.push(slow_text(50, 40));
-    let app = TestApp::start_with(
-        &upstream.base_url,
-        |c| c.chat.on_disconnect = chatd::config::OnDisconnect::Cancel,
-        ToolRegistry::with_builtins(),
-    )
+    let app = TestApp::start_tweaked(&upstream.base_url, |c| {
+        c.chat.on_disconnect = chatd::config::OnDisconnect::Cancel
+    })
     .await;
-    let response = app
-        .http
-        .post(app.url("/api/chat"))
-        .json(&json!({"message": "long"}))
-        .send()
-        .await
-        .expect("post");
-    let first = read_events(response, 3).await;
-    let row = app.wait_final(&message_id(&first)).await;
+    let first = read_events(app.post_chat(&json!({"message": "long"})).await, 3).await;
+    let row = app.wait_final(&first[0].message_id()).await;
     assert_eq!(row["status"], "cancelled");
     assert_eq!(row["finish_reason"], "cancelled");
     let content = row["content"].as_str().expect("content");
@@ -891,14 +754,7 @@ async fn a_second_message_while_a_reply_runs_gets_409() {
     let upstream = MockUpstream::start().await;
     upstream.push(slow_text(5, 100));
     let app = TestApp::start(&upstream.base_url).await;
-    let response = app
-        .http
-        .post(app.url("/api/chat"))
-        .json(&json!({"message": "first"}))
-        .send()
-        .await
-        .expect("post");
-    let first = read_events(response, 1).await;
+    let first = read_events(app.post_chat(&json!({"message": "first"})).await, 1).await;
     let conversation_id = first[0].data["conversation_id"].clone();
     let (status, body) = app
         .send(
@@ -909,7 +765,7 @@ async fn a_second_message_while_a_reply_runs_gets_409() {
         .await;
     assert_eq!(status, 409);
     assert_eq!(body["error"]["code"], "conversation_busy");
-    let row = app.wait_final(&message_id(&first)).await;
+    let row = app.wait_final(&first[0].message_id()).await;
     assert_eq!(row["status"], "complete");
 }
 
@@ -960,12 +816,7 @@ async fn http2_prior_knowledge_reaches_the_upstream_over_h2c() {
     let upstream = MockUpstream::start().await;
     upstream.push(mock::text_reply(&["over ", "h2"], 3, 2));
     upstream.push(mock::text_reply(&["again"], 3, 1));
-    let app = TestApp::start_with(
-        &upstream.base_url,
-        |c| c.llm.http2_prior_knowledge = true,
-        ToolRegistry::with_builtins(),
-    )
-    .await;
+    let app = TestApp::start_tweaked(&upstream.base_url, |c| c.llm.http2_prior_knowledge = true).await;
     let (_, got) = run(&app, json!({"message": "hi"})).await;
     assert_eq!(
         got,
@@ -993,14 +844,10 @@ async fn http2_streams_beyond_max_streams_per_connection_open_another_connection
             150,
         ));
     }
-    let app = TestApp::start_with(
-        &upstream.base_url,
-        |c| {
-            c.llm.http2_prior_knowledge = true;
-            c.llm.max_streams_per_connection = 2;
-        },
-        ToolRegistry::with_builtins(),
-    )
+    let app = TestApp::start_tweaked(&upstream.base_url, |c| {
+        c.llm.http2_prior_knowledge = true;
+        c.llm.max_streams_per_connection = 2;
+    })
     .await;
     // Four replies at once, two streams per connection: two connections,
     // and every reply streams to its end.
@@ -1024,19 +871,8 @@ async fn stream_headers_and_keep_alive_comments() {
         (300, format!("data: {}\n\n", mock::content("late"))),
         (0, format!("data: {}\n\ndata: [DONE]\n\n", mock::finish("stop"))),
     ]));
-    let app = TestApp::start_with(
-        &upstream.base_url,
-        |c| c.chat.keepalive_interval_ms = 50,
-        ToolRegistry::with_builtins(),
-    )
-    .await;
-    let response = app
-        .http
-        .post(app.url("/api/chat"))
-        .json(&json!({"message": "hi"}))
-        .send()
-        .await
-        .expect("post");
+    let app = TestApp::start_tweaked(&upstream.base_url, |c| c.chat.keepalive_interval_ms = 50).await;
+    let response = app.post_chat(&json!({"message": "hi"})).await;
     assert_eq!(response.status(), 200);
     let headers = response.headers().clone();
     assert_eq!(headers["content-type"], "text/event-stream");
@@ -1056,14 +892,7 @@ async fn the_turn_is_stored_when_start_arrives_though_the_upstream_hangs() {
     let upstream = MockUpstream::start().await;
     upstream.push(MockResponse::Hang);
     let app = TestApp::start(&upstream.base_url).await;
-    let response = app
-        .http
-        .post(app.url("/api/chat"))
-        .json(&json!({"message": "kept"}))
-        .send()
-        .await
-        .expect("post");
-    let first = read_events(response, 1).await;
+    let first = read_events(app.post_chat(&json!({"message": "kept"})).await, 1).await;
     // wait until the upstream has the request, then look at the rows
     for _ in 0..100 {
         if !upstream.received().is_empty() {
@@ -1090,26 +919,8 @@ async fn the_turn_is_stored_when_start_arrives_though_the_upstream_hangs() {
     );
     assert_eq!(first[0].event, "start");
 
-    // The database runs with the documented pragmas.
-    let mut conn = app.chat.store().pool().acquire().await.expect("conn");
-    let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
-        .fetch_one(&mut *conn)
-        .await
-        .expect("pragma");
-    let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
-        .fetch_one(&mut *conn)
-        .await
-        .expect("pragma");
-    let foreign_keys: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
-        .fetch_one(&mut *conn)
-        .await
-        .expect("pragma");
-    let busy: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
-        .fetch_one(&mut *conn)
-        .await
-        .expect("pragma");
-    assert_eq!((journal.as_str(), synchronous, foreign_keys), ("wal", 1, 1));
-    assert!(busy >= 1000, "busy_timeout {busy} ms");
+    // The database's pragmas are checked by the SQLite backend's own tests
+    // (`store::sqlite::tests`).
 }
 
 /// The user messages and replies stored in `conversation`, oldest first.

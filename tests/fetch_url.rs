@@ -16,10 +16,12 @@ use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::response::Response;
 use chatd::config::Config;
-use chatd::tools::{FetchUrl, ToolRegistry};
+use chatd::tools::FetchUrl;
 use serde_json::{Value, json};
+use support::TestApp;
 use support::mock::{self, MockUpstream};
-use support::{TestApp, checked};
+use support::sse::checked;
+use support::tools::registry_with;
 
 const PAGE: &str = r#"<!DOCTYPE html>
 <html>
@@ -152,8 +154,7 @@ async fn fetch_all(tweak: impl FnOnce(&mut Config), urls: &[&str]) -> Vec<Result
         .collect();
     upstream.push(mock::tool_reply(&calls, 5, 5));
     upstream.push(mock::text_reply(&["ok"], 5, 1));
-    let tools = ToolRegistry::with_builtins();
-    tools.register(Arc::new(FetchUrl)).expect("register fetch_url");
+    let tools = registry_with(vec![Arc::new(FetchUrl)]);
     let app = TestApp::start_with(&upstream.base_url, tweak, tools).await;
 
     let events = app.chat(json!({"message": "fetch these"})).await;

@@ -25,7 +25,8 @@ use chatd::tools::{Approval, SourceStatus, ToolContext, ToolRegistry};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use support::mock::{self, MockUpstream};
-use support::{TestApp, events_of, next};
+use support::sse::{next, rest};
+use support::{TestApp, closed_port};
 
 const SERVERS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp-servers");
 
@@ -157,7 +158,7 @@ async fn filesystem_server_tools_are_registered_with_their_schemas() {
     }
     let (_dir, root) = files_root();
     let upstream = MockUpstream::start().await;
-    let app = TestApp::start_with(&upstream.base_url, |_| {}, ToolRegistry::with_builtins()).await;
+    let app = TestApp::start(&upstream.base_url).await;
     let registry = app.chat.tool_registry().clone();
     let manager = start_mcp(&[files_server(&root)], registry.clone()).await;
 
@@ -230,23 +231,15 @@ async fn a_real_filesystem_call_runs_through_the_chat_loop_after_approval() {
     let arguments = json!({ "path": path }).to_string();
     upstream.push(mock::tool_reply(&[("F1", "files__read_text_file", &arguments)], 3, 2));
     upstream.push(mock::text_reply(&["It has two lines."], 5, 4));
-    let app = TestApp::start_with(&upstream.base_url, |_| {}, ToolRegistry::with_builtins()).await;
+    let app = TestApp::start(&upstream.base_url).await;
     let registry = app.chat.tool_registry().clone();
     let manager = start_mcp(&[files_server(&root)], registry.clone()).await;
     wait_status(&registry, "files", "connected").await;
 
-    let response = app
-        .http
-        .post(app.url("/api/chat"))
-        .json(&json!({"message": "What is in notes.txt?"}))
-        .send()
-        .await
-        .expect("POST /api/chat");
-    assert_eq!(response.status(), 200);
-    let mut stream = events_of(response);
+    let mut stream = app.stream_chat(json!({"message": "What is in notes.txt?"})).await;
     let start = next(&mut stream).await;
     assert_eq!(start.event, "start");
-    let message_id = start.data["message_id"].as_str().expect("message id").to_string();
+    let message_id = start.message_id();
     let call = next(&mut stream).await;
     assert_eq!(
         (call.data["type"].as_str(), call.data["name"].as_str()),
@@ -259,11 +252,7 @@ async fn a_real_filesystem_call_runs_through_the_chat_loop_after_approval() {
     assert_eq!(ask.data["name"], "files__read_text_file");
 
     let (code, body) = app
-        .send(
-            reqwest::Method::POST,
-            &format!("/api/chat/{message_id}/approve"),
-            Some(json!({"tool_call_id": "F1", "approved": true})),
-        )
+        .approve(&message_id, json!({"tool_call_id": "F1", "approved": true}))
         .await;
     assert_eq!(code, 200, "{body}");
 
@@ -273,13 +262,7 @@ async fn a_real_filesystem_call_runs_through_the_chat_loop_after_approval() {
     assert_eq!(result.data["success"], true, "{:?}", result.data);
     assert_eq!(result.data["content"], "line one\nline two: ünïcödé\n");
 
-    let mut tail = Vec::new();
-    while let Some(e) = tokio::time::timeout(Duration::from_secs(20), stream.next())
-        .await
-        .expect("the stream ends")
-    {
-        tail.push(e);
-    }
+    let tail = rest(&mut stream).await;
     assert_eq!(tail.last().map(|e| e.event.as_str()), Some("done"), "{tail:#?}");
 
     // The model got the file's text as the tool message.
@@ -305,19 +288,13 @@ async fn a_real_filesystem_call_runs_through_the_chat_loop_after_approval() {
     manager.shutdown().await;
 }
 
-/// A 127.0.0.1 port nothing listens on.
-async fn closed_port() -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    listener.local_addr().expect("addr").port()
-}
-
 #[tokio::test]
 async fn unreachable_servers_are_unavailable_and_chatd_keeps_working() {
     let upstream = MockUpstream::start().await;
     upstream.push(mock::text_reply(&["still here"], 1, 1));
-    let app = TestApp::start_with(&upstream.base_url, |_| {}, ToolRegistry::with_builtins()).await;
+    let app = TestApp::start(&upstream.base_url).await;
     let registry = app.chat.tool_registry().clone();
-    let port = closed_port().await;
+    let port = closed_port();
     let mut missing = stdio_server("missing", vec![]);
     missing.command = Some("chatd-test-no-such-mcp-server".into());
     let manager = start_mcp(
@@ -521,7 +498,7 @@ async fn a_streamable_http_server_is_used_and_reconnected_after_it_comes_back() 
     if !node_available("a_streamable_http_server_is_used_and_reconnected_after_it_comes_back") {
         return;
     }
-    let port = closed_port().await;
+    let port = closed_port();
     let mut child = everything_over_http(port).await;
     let registry = Arc::new(ToolRegistry::new());
     let options = McpOptions {

@@ -8,10 +8,10 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chatd::tools::ToolRegistry;
 use serde_json::{Value, json};
-use support::mock::{self, MockResponse, MockUpstream};
-use support::{TestApp, read_events};
+use support::TestApp;
+use support::mock::{self, MockUpstream};
+use support::sse::{SseEvent, read_events};
 
 const KEY: &str = "openapi-test-key-0123456789";
 
@@ -112,12 +112,7 @@ fn collect_refs(value: &Value, out: &mut Vec<String>) {
 
 #[tokio::test]
 async fn document_is_open_openapi_3_1_and_lists_every_route() {
-    let app = TestApp::start_with(
-        "http://127.0.0.1:9/v1",
-        |c| c.api_keys = vec![KEY.to_string()],
-        ToolRegistry::with_builtins(),
-    )
-    .await;
+    let app = TestApp::start_tweaked("http://127.0.0.1:9/v1", |c| c.api_keys = vec![KEY.to_string()]).await;
     // Open without a key, while the API itself needs one.
     let doc = fetch_document(&app).await;
     let (status, _) = app.get("/api/tools").await;
@@ -334,7 +329,7 @@ impl Schemas {
 
     /// Checks one received SSE event: the envelope against `SseEvent`, the
     /// payload against the schema SseEvent gives its name.
-    fn check_event(&mut self, event: &support::SseEvent) {
+    fn check_event(&mut self, event: &SseEvent) {
         let envelope = json!({"event": event.event, "id": event.id, "data": event.data.to_string()});
         self.check("SseEvent", &envelope);
         let payload = sse_payloads(&self.doc)
@@ -386,11 +381,7 @@ async fn real_responses_and_events_match_their_schemas() {
     ]));
     upstream.push(mock::text_reply(&["It is ", "42."], 20, 3));
     // Reply 2: the upstream fails (an `error` event, an `error` on the message).
-    upstream.push(MockResponse::Status {
-        status: 400,
-        headers: vec![],
-        body: r#"{"error":{"message":"bad request"}}"#.into(),
-    });
+    upstream.push(mock::status(400, &[], r#"{"error":{"message":"bad request"}}"#));
     let app = TestApp::start(&upstream.base_url).await;
     let mut schemas = Schemas::new(fetch_document(&app).await);
     // The checks bite: wrong types, missing fields and bad formats fail.
@@ -415,13 +406,7 @@ async fn real_responses_and_events_match_their_schemas() {
     assert!(!schemas.errors("ErrorBody", &json!({"error": {"code": "x"}})).is_empty());
 
     // The SSE payloads of a whole reply.
-    let response = app
-        .http
-        .post(app.url("/api/chat"))
-        .json(&json!({"message": "What is 6*7?"}))
-        .send()
-        .await
-        .expect("POST /api/chat");
+    let response = app.post_chat(&json!({"message": "What is 6*7?"})).await;
     assert_eq!(response.status(), 200);
     assert!(
         response.headers()["content-type"]
@@ -438,7 +423,7 @@ async fn real_responses_and_events_match_their_schemas() {
         schemas.check_event(event);
     }
     let conversation_id = events[0].data["conversation_id"].as_str().expect("id").to_string();
-    let message_id = events[0].data["message_id"].as_str().expect("id").to_string();
+    let message_id = events[0].message_id();
     app.wait_final(&message_id).await;
 
     // Resumed in accumulated mode (`content` instead of `delta`).
@@ -455,18 +440,14 @@ async fn real_responses_and_events_match_their_schemas() {
 
     // A failing reply: `error` event, and a stored `error`.
     let failed = app
-        .http
-        .post(app.url("/api/chat"))
-        .json(&json!({"message": "Again", "conversation_id": conversation_id}))
-        .send()
-        .await
-        .expect("POST /api/chat");
+        .post_chat(&json!({"message": "Again", "conversation_id": conversation_id}))
+        .await;
     let failed = read_events(failed, usize::MAX).await;
     assert_eq!(failed.last().map(|e| e.event.as_str()), Some("error"));
     for event in &failed {
         schemas.check_event(event);
     }
-    app.wait_final(failed[0].data["message_id"].as_str().expect("id")).await;
+    app.wait_final(&failed[0].message_id()).await;
 
     // JSON routes, successes and errors.
     let c = "/api/conversations/{id}";
@@ -513,33 +494,11 @@ async fn real_responses_and_events_match_their_schemas() {
         )
         .await;
     let id = created["id"].as_str().expect("id").to_string();
-    schemas
-        .call(
-            &app,
-            "patch",
-            c,
-            &format!("/api/conversations/{id}"),
-            Some(json!({"title": null})),
-        )
-        .await;
-    schemas
-        .call(
-            &app,
-            "patch",
-            c,
-            &format!("/api/conversations/{id}"),
-            Some(json!({"temperature": 9})),
-        )
-        .await;
-    schemas
-        .call(
-            &app,
-            "patch",
-            c,
-            &format!("/api/conversations/{id}"),
-            Some(json!({"nope": 1})),
-        )
-        .await;
+    for patch in [json!({"title": null}), json!({"temperature": 9}), json!({"nope": 1})] {
+        schemas
+            .call(&app, "patch", c, &format!("/api/conversations/{id}"), Some(patch))
+            .await;
+    }
     schemas
         .call(&app, "delete", c, &format!("/api/conversations/{id}"), None)
         .await;

@@ -6,7 +6,6 @@ mod support;
 use std::time::Duration;
 
 use chatd::config::Config;
-use chatd::tools::ToolRegistry;
 use serde_json::{Value, json};
 use support::TestApp;
 use support::mock::{self, MockUpstream};
@@ -14,15 +13,22 @@ use support::mock::{self, MockUpstream};
 const KEY: &str = "test-key-0123456789abcdef";
 
 async fn keyed_app(upstream: &MockUpstream, tweak: impl FnOnce(&mut Config)) -> TestApp {
-    TestApp::start_with(
-        &upstream.base_url,
-        |c| {
-            c.api_keys = vec![KEY.into()];
-            tweak(c);
-        },
-        ToolRegistry::with_builtins(),
-    )
+    TestApp::start_tweaked(&upstream.base_url, |c| {
+        c.api_keys = vec![KEY.into()];
+        tweak(c);
+    })
     .await
+}
+
+/// POSTs `/api/chat` with `message` and the right key.
+async fn keyed_chat(app: &TestApp, message: &str) -> reqwest::Response {
+    app.http
+        .post(app.url("/api/chat"))
+        .bearer_auth(KEY)
+        .json(&json!({"message": message}))
+        .send()
+        .await
+        .expect("post")
 }
 
 #[tokio::test]
@@ -58,23 +64,10 @@ async fn api_keys_guard_every_route_but_health() {
             "{open}"
         );
     }
-    let r = app
-        .http
-        .post(app.url("/api/chat"))
-        .json(&json!({"message": "x"}))
-        .send()
-        .await
-        .expect("post");
+    let r = app.post_chat(&json!({"message": "x"})).await;
     assert_eq!(r.status(), 401);
     assert!(upstream.received().is_empty());
-    let r = app
-        .http
-        .post(app.url("/api/chat"))
-        .bearer_auth(KEY)
-        .json(&json!({"message": "x"}))
-        .send()
-        .await;
-    assert_eq!(r.expect("post").status(), 200);
+    assert_eq!(keyed_chat(&app, "x").await.status(), 200);
 }
 
 #[test]
@@ -123,11 +116,9 @@ fn the_binary_refuses_to_start_on_a_public_address_without_keys() {
 #[tokio::test]
 async fn cors_preflight_allows_the_configured_origin_only() {
     let upstream = MockUpstream::start().await;
-    let app = TestApp::start_with(
-        &upstream.base_url,
-        |c| c.http.cors_origins = vec!["https://chat.example.com".into()],
-        ToolRegistry::with_builtins(),
-    )
+    let app = TestApp::start_tweaked(&upstream.base_url, |c| {
+        c.http.cors_origins = vec!["https://chat.example.com".into()]
+    })
     .await;
     let preflight = |origin: &'static str| {
         app.http
@@ -194,22 +185,9 @@ async fn concurrent_replies_per_key_are_limited() {
     upstream.push(mock::sse_with_delay(&chunks, 30));
     upstream.push(mock::text_reply(&["later"], 1, 1));
     let app = keyed_app(&upstream, |c| c.limits.concurrent_replies = 1).await;
-    let first = app
-        .http
-        .post(app.url("/api/chat"))
-        .bearer_auth(KEY)
-        .json(&json!({"message": "1"}))
-        .send();
-    let first = first.await.expect("post");
+    let first = keyed_chat(&app, "1").await;
     assert_eq!(first.status(), 200);
-    let r = app
-        .http
-        .post(app.url("/api/chat"))
-        .bearer_auth(KEY)
-        .json(&json!({"message": "2"}))
-        .send()
-        .await;
-    let r = r.expect("post");
+    let r = keyed_chat(&app, "2").await;
     assert_eq!(r.status(), 429);
     assert!(r.headers().contains_key("retry-after"));
     let body: Value = r.json().await.expect("json");
@@ -217,26 +195,14 @@ async fn concurrent_replies_per_key_are_limited() {
     // Once the first reply ends, the slot is free again.
     let _ = first.text().await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let r = app
-        .http
-        .post(app.url("/api/chat"))
-        .bearer_auth(KEY)
-        .json(&json!({"message": "3"}))
-        .send()
-        .await;
-    assert_eq!(r.expect("post").status(), 200);
+    assert_eq!(keyed_chat(&app, "3").await.status(), 200);
 }
 
 #[tokio::test]
 async fn a_conversation_past_its_message_limit_gets_422() {
     let upstream = MockUpstream::start().await;
     upstream.push(mock::text_reply(&["one"], 1, 1));
-    let app = TestApp::start_with(
-        &upstream.base_url,
-        |c| c.limits.max_conversation_messages = 3,
-        ToolRegistry::with_builtins(),
-    )
-    .await;
+    let app = TestApp::start_tweaked(&upstream.base_url, |c| c.limits.max_conversation_messages = 3).await;
     let events = app.chat(json!({"message": "first"})).await;
     let conversation_id = events[0].data["conversation_id"].clone();
     let (status, body) = app

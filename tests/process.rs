@@ -8,9 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use serde_json::{Value, json};
-use support::mock::{self, MockResponse, MockUpstream};
-use support::read_events;
+use sqlx::SqlitePool;
+use support::mock::{MockUpstream, full_text, slow_text};
+use support::sse::{checked, events_until_error, read_events};
 use tokio::process::{Child, Command};
 
 const REPLIES: usize = 20;
@@ -21,16 +23,8 @@ struct Server {
     http: reqwest::Client,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 fn write_config(dir: &Path, upstream: &str, drain_ms: u64) -> PathBuf {
-    let port = free_port();
+    let port = support::closed_port();
     let path = dir.join("chatd.toml");
     let db = dir.join("chatd.db");
     std::fs::write(
@@ -90,16 +84,16 @@ impl Server {
         assert_eq!(r.status(), 200, "GET {path}");
         r.json().await.expect("json")
     }
-}
 
-fn slow_text(pieces: usize, delay_ms: u64) -> MockResponse {
-    let mut chunks: Vec<Value> = (0..pieces).map(|i| mock::content(&format!("w{i} "))).collect();
-    chunks.push(mock::finish("stop"));
-    mock::sse_with_delay(&chunks, delay_ms)
-}
-
-fn full_text(pieces: usize) -> String {
-    (0..pieces).map(|i| format!("w{i} ")).collect()
+    /// POSTs `/api/chat` with `message`; the returned future owns what it
+    /// needs, so it can run in a task of its own.
+    fn post_chat(&self, message: String) -> impl Future<Output = reqwest::Response> + use<> {
+        let request = self
+            .http
+            .post(format!("{}/api/chat", self.base))
+            .json(&json!({"message": message}));
+        async move { request.send().await.expect("post") }
+    }
 }
 
 /// Every conversation's (user message, assistant row) via the API.
@@ -121,10 +115,15 @@ async fn turns(server: &Server) -> Vec<(String, Value)> {
     out
 }
 
-async fn integrity_ok(dir: &Path) {
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.join("chatd.db").display()))
+/// The database of the server whose config is in `dir`.
+async fn open_db(dir: &Path) -> SqlitePool {
+    SqlitePool::connect(&format!("sqlite://{}", dir.join("chatd.db").display()))
         .await
-        .expect("open");
+        .expect("open")
+}
+
+async fn integrity_ok(dir: &Path) {
+    let pool = open_db(dir).await;
     let result: String = sqlx::query_scalar("PRAGMA integrity_check")
         .fetch_one(&pool)
         .await
@@ -144,15 +143,8 @@ async fn sigkill_mid_stream_loses_no_user_message_and_leaves_replies_resumable()
 
     let mut tasks = Vec::new();
     for i in 0..REPLIES {
-        let (http, base) = (server.http.clone(), server.base.clone());
-        tasks.push(tokio::spawn(async move {
-            let r = http
-                .post(format!("{base}/api/chat"))
-                .json(&json!({"message": format!("m{i:02}")}))
-                .send()
-                .await;
-            read_events(r.expect("post"), 8).await
-        }));
+        let post = server.post_chat(format!("m{i:02}"));
+        tasks.push(tokio::spawn(async move { read_events(post.await, 8).await }));
     }
     for task in tasks {
         assert_eq!(task.await.expect("task").len(), 8);
@@ -194,9 +186,7 @@ async fn sigkill_mid_stream_loses_no_user_message_and_leaves_replies_resumable()
                     (last.event.as_str(), last.data["code"].as_str()),
                     ("error", Some("interrupted"))
                 );
-                for (i, e) in events.iter().enumerate() {
-                    assert_eq!(e.id, (i + 1).to_string());
-                }
+                checked(&events);
             }
             other => panic!("unexpected status {other:?}"),
         }
@@ -225,22 +215,15 @@ async fn sigterm_drains_running_replies_and_exits_zero_in_time() {
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(REPLIES);
     let mut tasks = Vec::new();
     for i in 0..REPLIES {
-        let (http, base, ready) = (server.http.clone(), server.base.clone(), ready_tx.clone());
+        let (post, ready) = (server.post_chat(format!("t{i:02}")), ready_tx.clone());
         tasks.push(tokio::spawn(async move {
-            use eventsource_stream::Eventsource;
-            use futures::StreamExt;
-            let r = http
-                .post(format!("{base}/api/chat"))
-                .json(&json!({"message": format!("t{i:02}")}))
-                .send()
-                .await;
-            let mut stream = r.expect("post").bytes_stream().eventsource();
+            let mut stream = events_until_error(post.await);
             let mut events = Vec::new();
-            while let Some(Ok(e)) = stream.next().await {
+            while let Some(e) = stream.next().await {
                 if events.is_empty() {
                     let _ = ready.send(()).await;
                 }
-                events.push((e.event, serde_json::from_str::<Value>(&e.data).expect("json")));
+                events.push((e.event, e.data));
             }
             events
         }));
@@ -279,9 +262,7 @@ async fn sigterm_drains_running_replies_and_exits_zero_in_time() {
     assert_eq!(outcomes.iter().filter(|o| *o == "complete").count(), REPLIES / 2);
     assert_eq!(outcomes.iter().filter(|o| *o == "interrupted").count(), REPLIES / 2);
 
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.path().join("chatd.db").display()))
-        .await
-        .expect("open");
+    let pool = open_db(dir.path()).await;
     let rows: Vec<(String, String)> = sqlx::query_as("SELECT role, status FROM messages")
         .fetch_all(&pool)
         .await

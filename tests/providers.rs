@@ -2,8 +2,7 @@
 //! retries and fallback, per-provider headers, first-chunk vs idle timeouts,
 //! and the merged model list.
 
-#[path = "support/mock.rs"]
-mod mock;
+mod support;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,8 +18,9 @@ use chatd::llm::{
     ChatRequest, LlmClient, LlmError, NextStep, Providers, RequestMessage, RetryPolicy, RouteError, StreamItem,
 };
 use futures::StreamExt;
-use mock::{MockResponse, MockUpstream};
 use serde_json::{Value, json};
+use support::mock::{self, MockResponse, MockUpstream};
+use support::{closed_port_url, provider};
 
 fn request(model: &str) -> ChatRequest {
     ChatRequest {
@@ -35,18 +35,6 @@ fn request(model: &str) -> ChatRequest {
         tools: Vec::new(),
         tool_choice: None,
         extra: Default::default(),
-    }
-}
-
-fn provider(name: &str, base_url: &str, models: &[&str]) -> ProviderConfig {
-    ProviderConfig {
-        name: name.to_string(),
-        base_url: base_url.to_string(),
-        api_key: None,
-        api_key_env: None,
-        models: models.iter().map(|m| m.to_string()).collect(),
-        default_model: None,
-        headers: Default::default(),
     }
 }
 
@@ -153,14 +141,6 @@ async fn start_recorder(models: Value, models_delay_ms: u64) -> Recorder {
     }
 }
 
-/// A base URL on a port nobody listens on.
-async fn closed_port_url() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    drop(listener);
-    format!("http://{addr}/v1")
-}
-
 // ---- routing ----
 
 #[tokio::test]
@@ -242,17 +222,9 @@ async fn fallbacks_follow_config_order_and_take_over_when_a_provider_fails() {
     assert_eq!(names, ["b", "a", "c"]);
 
     // b: 503 twice (gives up), a: 429 with a long Retry-After (gives up at once), c answers.
-    let unavailable = || MockResponse::Status {
-        status: 503,
-        headers: vec![],
-        body: r#"{"error":{"message":"overloaded"}}"#.into(),
-    };
+    let unavailable = || mock::status(503, &[], r#"{"error":{"message":"overloaded"}}"#);
     b.push(unavailable()).push(unavailable());
-    a.push(MockResponse::Status {
-        status: 429,
-        headers: vec![("retry-after".into(), "60".into())],
-        body: "slow down".into(),
-    });
+    a.push(mock::status(429, &[("retry-after", "60")], "slow down"));
     c.push(mock::text_reply(&["from c"], 1, 1));
     let mut log = Vec::new();
     let opened = route
@@ -285,11 +257,7 @@ async fn fallbacks_follow_config_order_and_take_over_when_a_provider_fails() {
     assert_eq!(models_sent(&c), ["m"]);
 
     // A request error (400) is final: no retry, no fallback.
-    a.push(MockResponse::Status {
-        status: 400,
-        headers: vec![],
-        body: r#"{"error":{"message":"bad request"}}"#.into(),
-    });
+    a.push(mock::status(400, &[], r#"{"error":{"message":"bad request"}}"#));
     let route = providers.route(None, Some("m"), "").expect("route");
     let mut steps = Vec::new();
     let err = route
@@ -314,11 +282,7 @@ async fn fallbacks_follow_config_order_and_take_over_when_a_provider_fails() {
 #[tokio::test]
 async fn a_retry_after_within_the_cap_is_waited_then_the_same_provider_answers() {
     let a = MockUpstream::start().await;
-    a.push(MockResponse::Status {
-        status: 429,
-        headers: vec![("retry-after".into(), "0.3".into())],
-        body: String::new(),
-    });
+    a.push(mock::status(429, &[("retry-after", "0.3")], ""));
     a.push(mock::text_reply(&["ok"], 1, 1));
     let providers = Providers::from_config(&config_with(vec![provider("a", &a.base_url, &[])])).expect("providers");
     let route = providers.route(None, None, "m").expect("route");
@@ -446,10 +410,7 @@ async fn no_response_headers_is_a_first_chunk_timeout() {
 #[tokio::test]
 async fn headers_without_a_first_event_is_a_first_chunk_timeout() {
     let upstream = MockUpstream::start().await;
-    upstream.push(MockResponse::Stream(vec![(
-        2_000,
-        format!("data: {}\n\n", mock::content("late")),
-    )]));
+    upstream.push(mock::timed(&[(2_000, mock::content("late"))]));
     // The idle timeout is shorter but does not apply before the first event.
     let client = client_for(&upstream, timeouts(400, 100)).await;
     let started = Instant::now();
@@ -481,10 +442,7 @@ async fn a_slow_first_event_within_the_first_chunk_timeout_is_fine() {
 #[tokio::test]
 async fn silence_after_the_first_event_is_an_idle_timeout() {
     let upstream = MockUpstream::start().await;
-    upstream.push(MockResponse::Stream(vec![
-        (0, format!("data: {}\n\n", mock::content("Hi"))),
-        (3_000, format!("data: {}\n\n", mock::content("late"))),
-    ]));
+    upstream.push(mock::timed(&[(0, mock::content("Hi")), (3_000, mock::content("late"))]));
     let client = client_for(&upstream, timeouts(5_000, 300)).await;
     let stream = client.stream_chat(&request("m")).await.expect("stream");
     let (text, error) = drain(stream).await;
@@ -525,7 +483,7 @@ async fn list_models_merges_config_and_upstream_lists_and_marks_unreachable_prov
     .await;
     let slow = start_recorder(json!({"data": [{"id": "too-late"}]}), 5_000).await;
     let no_models_route = MockUpstream::start().await;
-    let closed = closed_port_url().await;
+    let closed = closed_port_url();
 
     let mut with_default = provider("listing", &listing.base_url, &["configured-1", "configured-2"]);
     with_default.default_model = Some("configured-default".into());

@@ -7,7 +7,6 @@ mod support;
 use std::collections::BTreeSet;
 
 use chatd::config::Config;
-use chatd::tools::ToolRegistry;
 use reqwest::Method;
 use serde_json::{Value, json};
 use support::TestApp;
@@ -34,7 +33,7 @@ async fn start() -> (MockUpstream, TestApp) {
 /// Starts a mock upstream and chatd with `tweak` applied to the config.
 async fn start_with(tweak: impl FnOnce(&mut Config)) -> (MockUpstream, TestApp) {
     let mock = MockUpstream::start().await;
-    let app = TestApp::start_with(&mock.base_url, tweak, ToolRegistry::with_builtins()).await;
+    let app = TestApp::start_tweaked(&mock.base_url, tweak).await;
     (mock, app)
 }
 
@@ -209,7 +208,7 @@ async fn create_conversation(app: &TestApp, body: Value) -> Value {
 /// Runs one chat turn answered with `reply`; returns the `done` event data.
 async fn chat_turn(app: &TestApp, mock: &MockUpstream, body: Value, reply: &[&str]) -> Value {
     mock.push(mock::text_reply(reply, 5, 2));
-    let events = support::checked(&app.chat(body).await);
+    let events = support::sse::checked(&app.chat(body).await);
     let (name, data) = events.last().expect("events").clone();
     assert_eq!(name, "done", "the reply failed: {events:#?}");
     data

@@ -7,34 +7,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use chatd::tools::{Tool, ToolContext, ToolError, ToolOutput, ToolRegistry};
-use futures::FutureExt;
-use futures::future::BoxFuture;
 use serde_json::{Value, json};
-use support::mock::{self, MockResponse, MockUpstream};
-use support::{SseEvent, TestApp, events_of, next, read_events, rest};
+use support::mock::{self, MockResponse, MockUpstream, full_text};
+use support::sse::{SseEvent, next, read_events, rest, take};
+use support::tools::{Sleeps, registry_with};
+use support::{TestApp, step_types};
 
+/// [`mock::slow_text`] with usage (5 prompt tokens, one a word).
 fn slow_text(pieces: usize, delay_ms: u64) -> MockResponse {
-    let mut chunks: Vec<Value> = (0..pieces).map(|i| mock::content(&format!("w{i} "))).collect();
-    chunks.push(mock::finish("stop"));
+    let mut chunks = mock::words(pieces);
     chunks.push(mock::usage(5, pieces as u64));
     mock::sse_with_delay(&chunks, delay_ms)
-}
-
-fn full_text(pieces: usize) -> String {
-    (0..pieces).map(|i| format!("w{i} ")).collect()
-}
-
-async fn post_chat(app: &TestApp, body: Value) -> reqwest::Response {
-    let r = app
-        .http
-        .post(app.url("/api/chat"))
-        .json(&body)
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(r.status(), 200);
-    r
 }
 
 async fn resume(app: &TestApp, message_id: &str, last_event_id: Option<&str>, query: &str) -> Vec<SseEvent> {
@@ -52,19 +35,15 @@ fn ids(events: &[SseEvent]) -> Vec<u64> {
     events.iter().map(|e| e.id.parse().expect("numeric id")).collect()
 }
 
-fn message_id(events: &[SseEvent]) -> String {
-    events[0].data["message_id"].as_str().expect("message_id").to_string()
-}
-
 #[tokio::test]
 async fn resume_mid_reply_with_last_event_id_loses_and_doubles_nothing() {
     let upstream = MockUpstream::start().await;
     upstream.push(slow_text(20, 25));
     let app = TestApp::start(&upstream.base_url).await;
 
-    let first = read_events(post_chat(&app, json!({"message": "long"})).await, 5).await;
+    let first = take(&mut app.stream_chat(json!({"message": "long"})).await, 5).await;
     assert_eq!(ids(&first), [1, 2, 3, 4, 5]);
-    let id = message_id(&first);
+    let id = first[0].message_id();
     let rest = resume(&app, &id, Some("5"), "").await;
     assert_eq!(rest.first().map(|e| e.id.as_str()), Some("6"));
     assert_eq!(rest.last().map(|e| e.event.as_str()), Some("done"));
@@ -97,7 +76,7 @@ async fn accumulated_resume_counts_the_skipped_deltas() {
     upstream.push(slow_text(4, 0));
     let app = TestApp::start(&upstream.base_url).await;
     let all = app.chat(json!({"message": "acc"})).await;
-    let id = message_id(&all);
+    let id = all[0].message_id();
     let tail = resume(&app, &id, Some("3"), "?stream_mode=accumulated").await;
     assert_eq!(ids(&tail), [4, 5, 6]);
     assert_eq!(tail[0].data["content"], "w0 w1 w2 ");
@@ -120,7 +99,7 @@ async fn resume_after_a_restart_replays_the_stored_events_then_compacts() {
     ]));
     let app = TestApp::start(&upstream.base_url).await;
     let original = app.chat(json!({"message": "answer?"})).await;
-    let id = message_id(&original);
+    let id = original[0].message_id();
 
     // A new process on the same file: nothing in memory, events from the table.
     let restarted = app.reopen(|_| {}).await;
@@ -196,7 +175,7 @@ async fn resume_errors_are_json() {
     assert_eq!(status, 404);
     let r = app
         .http
-        .get(app.url(&format!("/api/chat/{}/events", message_id(&events))))
+        .get(app.url(&format!("/api/chat/{}/events", events[0].message_id())))
         .header("last-event-id", "abc")
         .send()
         .await
@@ -216,9 +195,8 @@ async fn cancel_mid_text_keeps_the_partial_reply() {
     let upstream = MockUpstream::start().await;
     upstream.push(slow_text(100, 30));
     let app = TestApp::start(&upstream.base_url).await;
-    let mut stream = events_of(post_chat(&app, json!({"message": "long"})).await);
-    let start = next(&mut stream).await;
-    let id = start.data["message_id"].as_str().expect("id").to_string();
+    let mut stream = app.stream_chat(json!({"message": "long"})).await;
+    let id = next(&mut stream).await.message_id();
     for _ in 0..3 {
         assert_eq!(next(&mut stream).await.event, "process_step");
     }
@@ -251,7 +229,7 @@ async fn cancel_errors() {
     upstream.push(mock::text_reply(&["done"], 1, 1));
     let app = TestApp::start(&upstream.base_url).await;
     let events = app.chat(json!({"message": "x"})).await;
-    let (status, body) = cancel(&app, &message_id(&events)).await;
+    let (status, body) = cancel(&app, &events[0].message_id()).await;
     assert_eq!((status, body["error"]["code"].as_str()), (409, Some("reply_finished")));
     assert!(body["error"]["message"].as_str().expect("message").contains("complete"));
     let (status, body) = cancel(&app, &uuid::Uuid::now_v7().to_string()).await;
@@ -260,51 +238,18 @@ async fn cancel_errors() {
     assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_id")));
 }
 
-/// Sleeps until cancelled; records that its future was dropped.
-struct Blocks(Arc<AtomicBool>);
-
-struct SetOnDrop(Arc<AtomicBool>);
-
-impl Drop for SetOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-}
-
-impl Tool for Blocks {
-    fn name(&self) -> &str {
-        "blocks"
-    }
-    fn description(&self) -> &str {
-        "Waits a long time."
-    }
-    fn parameters(&self) -> Value {
-        json!({"type": "object"})
-    }
-    fn call(&self, _ctx: ToolContext, _: Value) -> BoxFuture<'static, Result<ToolOutput, ToolError>> {
-        let guard = SetOnDrop(self.0.clone());
-        async move {
-            let _guard = guard;
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-            Ok("never".into())
-        }
-        .boxed()
-    }
-}
-
 #[tokio::test]
 async fn cancel_mid_tool_stops_the_running_tool() {
     let upstream = MockUpstream::start().await;
-    upstream.push(mock::tool_reply(&[("t1", "blocks", "{}")], 1, 1));
+    upstream.push(mock::tool_reply(&[("t1", "sleeps", "{}")], 1, 1));
     upstream.push(mock::text_reply(&["next turn"], 1, 1));
     let dropped = Arc::new(AtomicBool::new(false));
-    let tools = ToolRegistry::with_builtins();
-    tools.register(Arc::new(Blocks(dropped.clone()))).expect("register");
+    let tools = registry_with(vec![Arc::new(Sleeps(dropped.clone()))]);
     let app = TestApp::start_with(&upstream.base_url, |_| {}, tools).await;
 
-    let mut stream = events_of(post_chat(&app, json!({"message": "block"})).await);
+    let mut stream = app.stream_chat(json!({"message": "block"})).await;
     let start = next(&mut stream).await;
-    let id = start.data["message_id"].as_str().expect("id").to_string();
+    let id = start.message_id();
     let call = next(&mut stream).await;
     assert_eq!(call.data["type"], "tool_call");
     assert_eq!(cancel(&app, &id).await.0, 200);
@@ -320,13 +265,7 @@ async fn cancel_mid_tool_stops_the_running_tool() {
     assert!(dropped.load(Ordering::SeqCst), "the running tool was aborted");
     let row = app.message_row(&id).await;
     assert_eq!(row["status"], "cancelled");
-    let types: Vec<&str> = row["steps"]
-        .as_array()
-        .expect("steps")
-        .iter()
-        .map(|s| s["type"].as_str().expect("type"))
-        .collect();
-    assert_eq!(types, ["tool_call"]);
+    assert_eq!(step_types(&row), ["tool_call"]);
 
     // The next turn sends the unfinished call back with an error result.
     let conversation_id = start.data["conversation_id"].clone();
@@ -343,17 +282,9 @@ async fn cancel_mid_tool_stops_the_running_tool() {
 async fn a_streaming_reply_is_written_to_its_row_every_flush_interval() {
     let upstream = MockUpstream::start().await;
     upstream.push(slow_text(40, 25));
-    let app = TestApp::start_with(
-        &upstream.base_url,
-        |c| c.chat.flush_interval_ms = 100,
-        ToolRegistry::with_builtins(),
-    )
-    .await;
-    let mut stream = events_of(post_chat(&app, json!({"message": "snap"})).await);
-    let id = next(&mut stream).await.data["message_id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let app = TestApp::start_tweaked(&upstream.base_url, |c| c.chat.flush_interval_ms = 100).await;
+    let mut stream = app.stream_chat(json!({"message": "snap"})).await;
+    let id = next(&mut stream).await.message_id();
     let mut seen_partial = None;
     for _ in 0..100 {
         let row = app.message_row(&id).await;
@@ -406,7 +337,7 @@ async fn two_hundred_concurrent_replies_are_all_stored() {
             assert_eq!(content, full_text(10));
         }
     }
-    app.chat.store().writer().flush().await;
+    app.chat.store().flush().await;
     let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM messages WHERE role = 'assistant'")
         .fetch_all(&db)
         .await

@@ -4,46 +4,10 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-
-use chatd::config::{Config, ProviderConfig};
-use chatd::tools::ToolRegistry;
 use serde_json::{Value, json};
 use support::mock::{self, MockResponse, MockUpstream};
-use support::{TestApp, checked};
-
-fn status(code: u16, headers: &[(&str, &str)], body: &str) -> MockResponse {
-    MockResponse::Status {
-        status: code,
-        headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        body: body.to_string(),
-    }
-}
-
-fn provider(name: &str, base_url: &str, models: &[&str]) -> ProviderConfig {
-    ProviderConfig {
-        name: name.into(),
-        base_url: base_url.into(),
-        api_key: None,
-        api_key_env: None,
-        models: models.iter().map(|m| m.to_string()).collect(),
-        default_model: None,
-        headers: BTreeMap::new(),
-    }
-}
-
-fn closed_port_url() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    format!("http://127.0.0.1:{port}/v1")
-}
-
-async fn app_with(upstream: &str, tweak: impl FnOnce(&mut Config)) -> TestApp {
-    TestApp::start_with(upstream, tweak, ToolRegistry::with_builtins()).await
-}
+use support::sse::checked;
+use support::{TestApp, closed_port_url, provider};
 
 fn names(events: &[(String, Value)]) -> Vec<&str> {
     events.iter().map(|(n, _)| n.as_str()).collect()
@@ -52,14 +16,14 @@ fn names(events: &[(String, Value)]) -> Vec<&str> {
 #[tokio::test]
 async fn retries_5xx_and_429_then_succeeds() {
     let upstream = MockUpstream::start().await;
-    upstream.push(status(500, &[], "boom"));
-    upstream.push(status(
+    upstream.push(mock::status(500, &[], "boom"));
+    upstream.push(mock::status(
         429,
         &[("retry-after", "0.05")],
         r#"{"error":{"message":"slow down"}}"#,
     ));
     upstream.push(mock::text_reply(&["third time lucky"], 2, 3));
-    let app = app_with(&upstream.base_url, |c| c.llm.max_attempts = 3).await;
+    let app = TestApp::start_tweaked(&upstream.base_url, |c| c.llm.max_attempts = 3).await;
     let events = checked(&app.chat(json!({"message": "hi"})).await);
     assert_eq!(names(&events), ["start", "process_step", "done"]);
     assert_eq!(events[1].1["delta"], "third time lucky");
@@ -69,9 +33,9 @@ async fn retries_5xx_and_429_then_succeeds() {
 #[tokio::test]
 async fn retries_exhausted_end_with_the_last_error() {
     let upstream = MockUpstream::start().await;
-    upstream.push(status(503, &[], "busy 1"));
-    upstream.push(status(503, &[], "busy 2"));
-    let app = app_with(&upstream.base_url, |c| c.llm.max_attempts = 2).await;
+    upstream.push(mock::status(503, &[], "busy 1"));
+    upstream.push(mock::status(503, &[], "busy 2"));
+    let app = TestApp::start_tweaked(&upstream.base_url, |c| c.llm.max_attempts = 2).await;
     let events = checked(&app.chat(json!({"message": "hi"})).await);
     assert_eq!(names(&events), ["start", "error"]);
     assert_eq!(
@@ -84,8 +48,8 @@ async fn retries_exhausted_end_with_the_last_error() {
 #[tokio::test]
 async fn a_4xx_is_not_retried() {
     let upstream = MockUpstream::start().await;
-    upstream.push(status(400, &[], r#"{"error":{"message":"bad request"}}"#));
-    let app = app_with(&upstream.base_url, |c| c.llm.max_attempts = 3).await;
+    upstream.push(mock::status(400, &[], r#"{"error":{"message":"bad request"}}"#));
+    let app = TestApp::start_tweaked(&upstream.base_url, |c| c.llm.max_attempts = 3).await;
     let events = checked(&app.chat(json!({"message": "hi"})).await);
     assert_eq!(events[1].1["code"], "upstream_error");
     assert_eq!(upstream.received().len(), 1);
@@ -94,11 +58,11 @@ async fn a_4xx_is_not_retried() {
 #[tokio::test]
 async fn no_retry_once_part_of_the_round_was_sent() {
     let upstream = MockUpstream::start().await;
-    upstream.push(MockResponse::Stream(vec![
-        (0, format!("data: {}\n\n", mock::content("partial"))),
-        (5_000, format!("data: {}\n\n", mock::content("late"))),
+    upstream.push(mock::timed(&[
+        (0, mock::content("partial")),
+        (5_000, mock::content("late")),
     ]));
-    let app = app_with(&upstream.base_url, |c| {
+    let app = TestApp::start_tweaked(&upstream.base_url, |c| {
         c.llm.max_attempts = 3;
         c.llm.idle_timeout_ms = 200;
     })
@@ -114,7 +78,7 @@ async fn a_first_chunk_timeout_is_retried() {
     let upstream = MockUpstream::start().await;
     upstream.push(MockResponse::Hang);
     upstream.push(mock::text_reply(&["ok"], 1, 1));
-    let app = app_with(&upstream.base_url, |c| {
+    let app = TestApp::start_tweaked(&upstream.base_url, |c| {
         c.llm.max_attempts = 2;
         c.llm.first_chunk_timeout_ms = 200;
     })
@@ -129,7 +93,7 @@ async fn an_unavailable_provider_falls_back_to_the_next_one_serving_the_model() 
     let second = MockUpstream::start().await;
     second.push(mock::text_reply(&["from b"], 1, 1));
     let dead = closed_port_url();
-    let app = app_with(&second.base_url, |c| {
+    let app = TestApp::start_tweaked(&second.base_url, |c| {
         c.llm.max_attempts = 2;
         c.llm.model = String::new();
         c.providers = vec![
@@ -146,7 +110,7 @@ async fn an_unavailable_provider_falls_back_to_the_next_one_serving_the_model() 
     assert_eq!(sent[0]["model"], "shared-model");
 
     // Without fallback the dead provider's error is final.
-    let app = app_with(&second.base_url, |c| {
+    let app = TestApp::start_tweaked(&second.base_url, |c| {
         c.llm.fallback = false;
         c.llm.model = String::new();
         c.providers = vec![
@@ -166,7 +130,7 @@ async fn requests_route_by_provider_or_model() {
     b.push(mock::text_reply(&["b by model"], 1, 1));
     b.push(mock::text_reply(&["b by name"], 1, 1));
     a.push(mock::text_reply(&["a by default"], 1, 1));
-    let app = app_with(&a.base_url, |c| {
+    let app = TestApp::start_tweaked(&a.base_url, |c| {
         c.llm.model = "default-model".into();
         c.providers = vec![
             provider("a", &a.base_url, &["model-a"]),
@@ -217,7 +181,7 @@ async fn requests_route_by_provider_or_model() {
 async fn models_lists_every_provider() {
     let a = MockUpstream::start().await;
     let dead = closed_port_url();
-    let app = app_with(&a.base_url, |c| {
+    let app = TestApp::start_tweaked(&a.base_url, |c| {
         c.providers = vec![
             provider("a", &a.base_url, &["model-a"]),
             provider("dead", &dead, &["model-x"]),

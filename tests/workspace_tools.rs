@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chatd::config::Config;
-use chatd::tools::{Approval, ToolRegistry};
-use eventsource_stream::Eventsource;
-use futures::StreamExt;
+use chatd::tools::Approval;
 use serde_json::{Value, json};
+use support::TestApp;
 use support::mock::{self, MockUpstream};
-use support::{SseEvent, TestApp, checked};
+use support::sse::{SseEvent, checked, next};
+use support::tools::registry_with;
 
 const PROJECT: &str = "proj-1";
 
@@ -32,10 +32,7 @@ impl Fixture {
         let upstream = MockUpstream::start().await;
         let root = tempfile::tempdir().expect("tempdir");
         let outside = tempfile::tempdir().expect("tempdir");
-        let tools = ToolRegistry::with_builtins();
-        for tool in chatd::tools::workspace_tools() {
-            tools.register(tool).expect("workspace tool registers");
-        }
+        let tools = registry_with(chatd::tools::workspace_tools());
         let root_path = root.path().to_path_buf();
         let app = TestApp::start_with(
             &upstream.base_url,
@@ -437,24 +434,6 @@ async fn search_files_stops_at_the_match_cap() {
     );
 }
 
-/// Reads the next event of a live stream (20 s limit).
-async fn next_event<S>(stream: &mut S) -> SseEvent
-where
-    S: futures::Stream<Item = Result<eventsource_stream::Event, eventsource_stream::EventStreamError<reqwest::Error>>>
-        + Unpin,
-{
-    let event = tokio::time::timeout(Duration::from_secs(20), stream.next())
-        .await
-        .expect("SSE stalled")
-        .expect("stream ended early")
-        .expect("SSE parse");
-    SseEvent {
-        id: event.id,
-        event: event.event,
-        data: serde_json::from_str(&event.data).expect("JSON data"),
-    }
-}
-
 #[tokio::test]
 async fn write_file_waits_for_the_users_approval() {
     // Default policy: write_file asks.
@@ -468,21 +447,15 @@ async fn write_file_waits_for_the_users_approval() {
         ),
         ("w_no", "write_file", json!({"path": "no.md", "content": "declined"})),
     ]]);
-    let response = f
+    let mut stream = f
         .app
-        .http
-        .post(f.app.url("/api/chat"))
-        .json(&json!({"message": "write two files", "project_id": PROJECT}))
-        .send()
-        .await
-        .expect("POST /api/chat");
-    assert_eq!(response.status(), 200);
-    let mut stream = response.bytes_stream().eventsource();
+        .stream_chat(json!({"message": "write two files", "project_id": PROJECT}))
+        .await;
 
     let mut events = Vec::new();
     let mut approvals = Vec::new();
     while approvals.len() < 2 {
-        let event = next_event(&mut stream).await;
+        let event = next(&mut stream).await;
         if event.data["type"] == "tool_approval" {
             approvals.push(event.data.clone());
         }
@@ -502,29 +475,23 @@ async fn write_file_waits_for_the_users_approval() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(tree(&ws).is_empty());
 
-    let message_id = events[0].data["message_id"].as_str().expect("message_id").to_string();
-    let approve = format!("/api/chat/{message_id}/approve");
+    let message_id = events[0].message_id();
     let (status, body) = f
         .app
-        .send(
-            reqwest::Method::POST,
-            &approve,
-            Some(json!({"tool_call_id": "w_yes", "approved": true})),
-        )
+        .approve(&message_id, json!({"tool_call_id": "w_yes", "approved": true}))
         .await;
     assert_eq!(status, 200, "{body}");
     let (status, body) = f
         .app
-        .send(
-            reqwest::Method::POST,
-            &approve,
-            Some(json!({"tool_call_id": "w_no", "approved": false, "reason": "not that one"})),
+        .approve(
+            &message_id,
+            json!({"tool_call_id": "w_no", "approved": false, "reason": "not that one"}),
         )
         .await;
     assert_eq!(status, 200, "{body}");
 
     loop {
-        let event = next_event(&mut stream).await;
+        let event = next(&mut stream).await;
         let terminal = event.event == "done" || event.event == "error";
         events.push(event);
         if terminal {

@@ -14,10 +14,9 @@ use std::sync::Mutex;
 
 use uuid::Uuid;
 
-use super::events::StepKind;
-use super::steps::StoredStep;
+use crate::domain::{Role, StepKind, StoredStep};
 use crate::llm::{FunctionCall, RequestMessage, ToolCall};
-use crate::store::{HistoryRow, Role};
+use crate::store::HistoryRow;
 
 /// Text sent as the result of a call whose result was never stored.
 const MISSING_RESULT: &str = "Error: this tool call did not complete (the reply was interrupted).";

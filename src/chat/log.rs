@@ -4,130 +4,43 @@
 //! them from any position and then follow live, each at its own pace. The
 //! generation never waits for a subscriber, and a subscriber that goes away
 //! costs the generation nothing. Events are serialized once, when appended,
-//! straight into their Server-Sent Events frame: every subscriber, the
+//! straight into their Server-Sent Events [`Frame`]: every subscriber, the
 //! database writer and a replay share those bytes.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
 
-use bytes::Bytes;
 use futures::Stream;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::events::ChatEvent;
+use super::approvals::Approvals;
+pub use super::approvals::{ApprovalError, Decision};
 use crate::config::OnDisconnect;
-use crate::store::Writer;
+use crate::domain::ChatEvent;
+use crate::store::Turns;
+use crate::wire::sse::Frame;
 
-/// One event with its position (`seq`, 1-based within the reply), its SSE
-/// name and its JSON data, serialized once into its SSE frame
-/// (`id: <seq>\nevent: <name>\ndata: <JSON>\n\n`). Only the frame is kept:
-/// a reply's log is what a 20,000-token reply or 10,000 streams hold in
-/// memory, and keeping the typed event beside it doubled that. The log holds
-/// these by value and subscribers get clones (a reference count on the
-/// frame): no separate allocation per event.
-#[derive(Debug, Clone)]
-pub struct LoggedEvent {
-    pub seq: u64,
-    /// `start`, `process_step`, `sources`, `done` or `error`.
-    pub name: &'static str,
-    frame: Bytes,
-    /// Where the JSON data is in `frame` (bytes).
-    data_start: u32,
-    data_end: u32,
+/// The frame of `event` at position `seq` (1-based within the reply).
+pub fn frame(seq: u64, event: &ChatEvent) -> Frame {
+    Frame::new(seq, event.name(), event)
 }
 
-impl LoggedEvent {
-    /// Serializes `event` at position `seq`.
-    pub fn new(seq: u64, event: ChatEvent) -> Self {
-        let name = event.name();
-        let mut frame = frame_head(seq, name, TYPICAL_DATA_BYTES);
-        let data_start = frame.len();
-        if let Err(e) = serde_json::to_writer(&mut frame, &event) {
-            tracing::error!(error = %e, "event did not serialize");
-            frame.truncate(data_start);
-            frame.extend_from_slice(b"{}");
-        }
-        Self::finish(seq, name, frame, data_start)
-    }
-
-    /// The event `name` at `seq` with `data`, JSON serialized earlier (read
-    /// back from the database, or rewritten for a subscriber). An SSE
-    /// `data:` line cannot hold a line break. chatd's JSON never has one;
-    /// one that somehow did is sent as a space, which in valid JSON can only
-    /// have been whitespace between tokens.
-    pub fn from_json(seq: u64, name: &'static str, data: &str) -> Self {
-        let mut frame = frame_head(seq, name, data.len());
-        let data_start = frame.len();
-        frame.extend(data.bytes().map(|b| if b == b'\n' || b == b'\r' { b' ' } else { b }));
-        Self::finish(seq, name, frame, data_start)
-    }
-
-    fn finish(seq: u64, name: &'static str, mut frame: Vec<u8>, data_start: usize) -> Self {
-        let data_end = frame.len();
-        frame.extend_from_slice(b"\n\n");
-        // Frames are far below 4 GiB (a request body is at most megabytes).
-        let to_u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-        Self {
-            seq,
-            name,
-            // Exact size: logs are held for minutes, and a boxed slice
-            // becomes `Bytes` without a separate reference-count block.
-            frame: Bytes::from(frame.into_boxed_slice()),
-            data_start: to_u32(data_start),
-            data_end: to_u32(data_end),
-        }
-    }
-
-    /// The SSE frame, ready to write: `id:`, `event:` and `data:` lines and
-    /// the blank line that ends an event.
-    pub fn frame(&self) -> Bytes {
-        self.frame.clone()
-    }
-
-    /// The JSON data (a view of the frame, no copy).
-    pub fn data_bytes(&self) -> Bytes {
-        self.frame.slice(self.data_start as usize..self.data_end as usize)
-    }
-
-    /// The JSON data.
-    pub fn data(&self) -> &str {
-        // Written from a `&str` or by serde_json: always UTF-8.
-        std::str::from_utf8(&self.frame[self.data_start as usize..self.data_end as usize]).unwrap_or("{}")
-    }
-
-    /// Whether this is the last event of a reply (`done` or `error`).
-    pub fn is_terminal(&self) -> bool {
-        matches!(self.name, "done" | "error")
-    }
-
-    /// The typed event, parsed back from its JSON (`None` if it does not
-    /// parse, which an event chatd serialized always does).
-    pub fn event(&self) -> Option<ChatEvent> {
-        ChatEvent::from_parts(self.name, self.data())
-    }
+/// The typed event of a frame, parsed back from its JSON (`None` if it does
+/// not parse, which a frame chatd serialized always does).
+pub fn event_of(frame: &Frame) -> Option<ChatEvent> {
+    ChatEvent::from_parts(frame.name, frame.data())
 }
 
-/// About the JSON of one text delta: the first guess of a frame's size
-/// (the frame is shrunk to fit once written).
-const TYPICAL_DATA_BYTES: usize = 160;
-
-/// `id: <seq>\nevent: <name>\ndata: ` in a buffer with room for `data_len`
-/// more bytes and the frame's end.
-fn frame_head(seq: u64, name: &str, data_len: usize) -> Vec<u8> {
-    use std::io::Write as _;
-    let mut frame = Vec::with_capacity(32 + name.len() + data_len);
-    // Writing to a Vec cannot fail.
-    let _ = write!(frame, "id: {seq}\nevent: {name}\ndata: ");
-    frame
+/// Whether a frame holds the last event of a reply (`done` or `error`).
+pub fn is_terminal(frame: &Frame) -> bool {
+    ChatEvent::is_terminal_name(frame.name)
 }
 
 #[derive(Debug, Default)]
 struct LogState {
-    events: Vec<LoggedEvent>,
+    events: Vec<Frame>,
     finished: bool,
     /// Readers waiting for the next append, woken (and removed) by it.
     waiting: Vec<Waker>,
@@ -146,31 +59,21 @@ pub struct Reply {
     /// Set before `cancel` when the server stops the reply (shutdown), so it
     /// is stored as `interrupted` rather than `cancelled`.
     interrupted: AtomicBool,
-    /// Where events are also appended durably (the `reply_event_batches` table).
-    sink: Option<Writer>,
-    /// Tool calls waiting for the user's decision, by tool call id.
-    approvals: Mutex<HashMap<String, tokio::sync::oneshot::Sender<Decision>>>,
-}
-
-/// The user's answer to a `tool_approval` step.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decision {
-    pub approved: bool,
-    /// Why, in the user's words (passed to the model on a denial).
-    pub reason: Option<String>,
-}
-
-/// Why an approval could not be delivered.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ApprovalError {
-    /// No call with that id is waiting (never asked, or already decided).
-    NotPending,
+    /// Where events are also appended durably (the store's event writer).
+    sink: Option<Arc<dyn Turns>>,
+    /// Tool calls waiting for the user's decision.
+    approvals: Approvals,
 }
 
 impl Reply {
     /// A new, empty reply log; with a `sink`, every event is also queued
     /// for the database.
-    pub fn new(message_id: Uuid, conversation_id: Uuid, on_disconnect: OnDisconnect, sink: Option<Writer>) -> Self {
+    pub fn new(
+        message_id: Uuid,
+        conversation_id: Uuid,
+        on_disconnect: OnDisconnect,
+        sink: Option<Arc<dyn Turns>>,
+    ) -> Self {
         Self {
             message_id,
             conversation_id,
@@ -180,12 +83,12 @@ impl Reply {
             on_disconnect,
             interrupted: AtomicBool::new(false),
             sink,
-            approvals: Mutex::new(HashMap::new()),
+            approvals: Approvals::default(),
         }
     }
 
     /// A finished log holding `events` (a replay built from storage).
-    pub fn replayed(message_id: Uuid, conversation_id: Uuid, events: Vec<LoggedEvent>) -> Self {
+    pub fn replayed(message_id: Uuid, conversation_id: Uuid, events: Vec<Frame>) -> Self {
         let reply = Self::new(message_id, conversation_id, OnDisconnect::Continue, None);
         {
             let mut state = reply.state();
@@ -198,33 +101,17 @@ impl Reply {
     /// Registers a call that waits for approval; the receiver gets the
     /// decision.
     pub fn await_approval(&self, tool_call_id: &str) -> tokio::sync::oneshot::Receiver<Decision> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.approvals
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(tool_call_id.to_string(), tx);
-        rx
+        self.approvals.wait_for(tool_call_id)
     }
 
     /// Delivers the user's decision for a waiting call.
     pub fn decide(&self, tool_call_id: &str, decision: Decision) -> Result<(), ApprovalError> {
-        let waiting = self
-            .approvals
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .remove(tool_call_id);
-        match waiting {
-            Some(tx) => tx.send(decision).map_err(|_| ApprovalError::NotPending),
-            None => Err(ApprovalError::NotPending),
-        }
+        self.approvals.decide(tool_call_id, decision)
     }
 
     /// Forgets a waiting call (its time ran out).
     pub fn forget_approval(&self, tool_call_id: &str) {
-        self.approvals
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .remove(tool_call_id);
+        self.approvals.forget(tool_call_id);
     }
 
     /// Stops the reply because the server is stopping: it is stored as
@@ -250,9 +137,9 @@ impl Reply {
     }
 
     /// The terminal event, once appended.
-    pub fn terminal(&self) -> Option<LoggedEvent> {
+    pub fn terminal(&self) -> Option<Frame> {
         let state = self.state();
-        state.events.last().filter(|e| e.is_terminal()).cloned()
+        state.events.last().filter(|e| is_terminal(e)).cloned()
     }
 
     /// Waits until the terminal event is appended.
@@ -271,7 +158,7 @@ impl Reply {
     /// The event at `index` (0-based: seq `index + 1`); `Ready(None)` when
     /// the log is finished and has no such event; `Pending` until it is
     /// appended (then `cx` is woken).
-    pub fn poll_event(&self, index: usize, cx: &mut Context<'_>) -> Poll<Option<LoggedEvent>> {
+    pub fn poll_event(&self, index: usize, cx: &mut Context<'_>) -> Poll<Option<Frame>> {
         let mut state = self.state();
         if let Some(event) = state.events.get(index) {
             return Poll::Ready(Some(event.clone()));
@@ -296,13 +183,15 @@ impl Reply {
             if state.finished {
                 return 0;
             }
-            let logged = LoggedEvent::new(state.events.len() as u64 + 1, event);
+            let logged = frame(state.events.len() as u64 + 1, &event);
             let sunk = (logged.seq, logged.name, self.sink.as_ref().map(|_| logged.data_bytes()));
             append(&mut state, logged);
             sunk
         };
         if let (Some(sink), Some(data)) = (&self.sink, data) {
-            sink.event(self.message_id, seq, name, data);
+            // A terminal event pushed here (not with the final state) is
+            // the `internal` error after a failed final commit: urgent.
+            sink.event(self.message_id, seq, name, data, ChatEvent::is_terminal_name(name));
         }
         seq
     }
@@ -312,14 +201,14 @@ impl Reply {
         self.len() + 1
     }
 
-    /// Appends `event`, serialized earlier with [`LoggedEvent::new`] at
+    /// Appends `event`, serialized earlier with [`frame`] at
     /// [`Reply::next_seq`] and already stored (the terminal event, which
-    /// [`Writer::finish`] commits with the final state): it is not sent to
+    /// [`Turns::finish`] commits with the final state): it is not sent to
     /// the database again. An event whose seq is not the next one (only the
     /// reply's own generation appends, so this does not happen) is
     /// renumbered and stored like any other. Returns its seq, 0 after a
     /// terminal event.
-    pub fn push_stored(&self, event: LoggedEvent) -> u64 {
+    pub fn push_stored(&self, event: Frame) -> u64 {
         let mut state = self.state();
         if state.finished {
             return 0;
@@ -332,7 +221,7 @@ impl Reply {
                 got = event.seq,
                 "a stored event out of order was renumbered"
             );
-            return match event.event() {
+            return match event_of(&event) {
                 Some(typed) => self.push(typed),
                 None => 0,
             };
@@ -372,8 +261,8 @@ impl Reply {
 /// Appends `logged` (its seq is the next one) and wakes the readers waiting
 /// for it. They are woken under the lock, so the list keeps its capacity: a
 /// wake only queues the reader's task.
-fn append(state: &mut LogState, logged: LoggedEvent) {
-    state.finished = logged.is_terminal();
+fn append(state: &mut LogState, logged: Frame) {
+    state.finished = is_terminal(&logged);
     state.events.push(logged);
     for waker in state.waiting.drain(..) {
         waker.wake();
@@ -398,9 +287,9 @@ pub struct Subscription {
 }
 
 impl Stream for Subscription {
-    type Item = LoggedEvent;
+    type Item = Frame;
 
-    fn poll_next(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<LoggedEvent>> {
+    fn poll_next(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Frame>> {
         let this = self.get_mut();
         let event = std::task::ready!(this.guard.reply.poll_event(this.next, cx));
         if event.is_some() {
@@ -431,81 +320,10 @@ impl Drop for SubscriberGuard {
     }
 }
 
-/// Replies by assistant message id: running ones, and finished ones for the
-/// retention window; plus which conversation has a reply running.
-#[derive(Debug, Default)]
-pub struct ReplyRegistry {
-    inner: Mutex<Registry>,
-}
-
-#[derive(Debug, Default)]
-struct Registry {
-    replies: HashMap<Uuid, Arc<Reply>>,
-    /// conversation id -> running reply
-    running: HashMap<Uuid, Arc<Reply>>,
-}
-
-impl ReplyRegistry {
-    fn lock(&self) -> MutexGuard<'_, Registry> {
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Registers `reply` as running unless its conversation already has a
-    /// running reply, which is returned instead.
-    pub fn insert_if_idle(&self, reply: Arc<Reply>) -> Option<Arc<Reply>> {
-        let mut inner = self.lock();
-        if let Some(running) = inner.running.get(&reply.conversation_id) {
-            return Some(running.clone());
-        }
-        inner.running.insert(reply.conversation_id, reply.clone());
-        inner.replies.insert(reply.message_id, reply);
-        None
-    }
-
-    /// Marks a reply as no longer running (it stays replayable).
-    pub fn finished(&self, reply: &Reply) {
-        let mut inner = self.lock();
-        if inner
-            .running
-            .get(&reply.conversation_id)
-            .is_some_and(|r| r.message_id == reply.message_id)
-        {
-            inner.running.remove(&reply.conversation_id);
-        }
-    }
-
-    /// Forgets a reply now.
-    pub fn remove(&self, reply: &Reply) {
-        self.finished(reply);
-        self.lock().replies.remove(&reply.message_id);
-    }
-
-    /// The reply with that message id, if still in memory.
-    pub fn get(&self, message_id: Uuid) -> Option<Arc<Reply>> {
-        self.lock().replies.get(&message_id).cloned()
-    }
-
-    /// Every running reply.
-    pub fn running(&self) -> Vec<Arc<Reply>> {
-        self.lock().running.values().cloned().collect()
-    }
-
-    /// Forgets the reply after `retention`.
-    pub fn expire(self: &Arc<Self>, message_id: Uuid, retention: Duration) {
-        let registry = Arc::downgrade(self);
-        tokio::spawn(async move {
-            tokio::time::sleep(retention).await;
-            if let Some(registry) = registry.upgrade() {
-                registry.lock().replies.remove(&message_id);
-            }
-        });
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chat::events::ErrorEvent;
+    use crate::domain::ErrorEvent;
     use futures::StreamExt;
 
     fn error() -> ChatEvent {
@@ -518,19 +336,19 @@ mod tests {
 
     #[test]
     fn events_are_rendered_once_as_their_sse_frame() {
-        let logged = LoggedEvent::new(7, error());
+        let logged = frame(7, &error());
         let data = r#"{"code":"internal","message":"x","retryable":false}"#;
         assert_eq!(logged.data(), data);
         assert_eq!(&logged.data_bytes()[..], data.as_bytes());
         assert_eq!(
-            &logged.frame()[..],
+            &logged.bytes()[..],
             format!("id: 7\nevent: error\ndata: {data}\n\n").as_bytes()
         );
-        assert!(logged.is_terminal());
-        assert_eq!(logged.event(), Some(error()));
+        assert!(is_terminal(&logged));
+        assert_eq!(event_of(&logged), Some(error()));
         // Stored JSON with raw line breaks still makes one `data:` line.
-        let odd = LoggedEvent::from_json(2, "process_step", "{\"a\":\r\n1}");
-        assert_eq!(&odd.frame()[..], b"id: 2\nevent: process_step\ndata: {\"a\":  1}\n\n");
+        let odd = Frame::from_json(2, "process_step", "{\"a\":\r\n1}");
+        assert_eq!(&odd.bytes()[..], b"id: 2\nevent: process_step\ndata: {\"a\":  1}\n\n");
         assert_eq!(odd.data(), "{\"a\":  1}");
     }
 
@@ -551,19 +369,19 @@ mod tests {
         let reply = Arc::new(Reply::new(Uuid::now_v7(), Uuid::now_v7(), OnDisconnect::Continue, None));
         assert_eq!(reply.next_seq(), 1);
         // Serialized at seq 1, as the generation does before its final commit.
-        let stored = LoggedEvent::new(reply.next_seq(), error());
+        let stored = frame(reply.next_seq(), &error());
         assert_eq!(reply.push_stored(stored.clone()), 1);
         assert!(reply.is_finished());
         assert_eq!(reply.push_stored(stored), 0, "nothing after a terminal event");
         let all: Vec<_> = reply.subscribe(0).collect().await;
         assert_eq!(all.len(), 1);
-        assert_eq!(&all[0].frame()[..], &LoggedEvent::new(1, error()).frame()[..]);
+        assert_eq!(&all[0].bytes()[..], &frame(1, &error()).bytes()[..]);
 
         // An event serialized for another seq gets the next one.
         let other = Arc::new(Reply::new(Uuid::now_v7(), Uuid::now_v7(), OnDisconnect::Continue, None));
-        assert_eq!(other.push_stored(LoggedEvent::new(5, error())), 1);
+        assert_eq!(other.push_stored(frame(5, &error())), 1);
         let all: Vec<_> = other.subscribe(0).collect().await;
-        assert_eq!(&all[0].frame()[..], &LoggedEvent::new(1, error()).frame()[..]);
+        assert_eq!(&all[0].bytes()[..], &frame(1, &error()).bytes()[..]);
     }
 
     #[tokio::test]

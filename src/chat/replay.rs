@@ -7,13 +7,14 @@
 //! window the replay is compact: `start`, one `process_step` per stored step
 //! with its full `content`, and the terminal event.
 
-use super::events::{ChatEvent, DoneEvent, ErrorEvent, StartEvent, UsageTotals};
-use super::log::LoggedEvent;
-use super::steps::StoredStep;
-use crate::store::{MessageRow, Status, Store, StoreError};
+use super::log::{frame, is_terminal};
+use crate::domain::{ChatEvent, DoneEvent, ErrorEvent, StartEvent, UsageTotals};
+use crate::domain::{Message, Status, StoredStep};
+use crate::store::{Replays, StoreError};
+use crate::wire::sse::Frame;
 
 /// The events to replay for a reply that is no longer in memory.
-pub async fn from_store(store: &Store, message: &MessageRow) -> Result<Vec<LoggedEvent>, StoreError> {
+pub async fn from_store(store: &dyn Replays, message: &Message) -> Result<Vec<Frame>, StoreError> {
     let rows = store.reply_events(message.id).await?;
     let contiguous = rows.iter().enumerate().all(|(i, (seq, _, _))| *seq == i as u64 + 1);
     if !rows.is_empty() && contiguous {
@@ -23,17 +24,17 @@ pub async fn from_store(store: &Store, message: &MessageRow) -> Result<Vec<Logge
                 tracing::warn!(message_id = %message.id, seq, "unreadable stored event; using a compact replay");
                 return compact(store, message).await;
             };
-            events.push(LoggedEvent::from_json(seq, event.name(), &data));
+            events.push(Frame::from_json(seq, event.name(), &data));
         }
-        if !events.last().is_some_and(|e| e.is_terminal()) {
-            events.push(LoggedEvent::new(events.len() as u64 + 1, terminal(message)));
+        if !events.last().is_some_and(is_terminal) {
+            events.push(frame(events.len() as u64 + 1, &terminal(message)));
         }
         return Ok(events);
     }
     compact(store, message).await
 }
 
-async fn compact(store: &Store, message: &MessageRow) -> Result<Vec<LoggedEvent>, StoreError> {
+async fn compact(store: &dyn Replays, message: &Message) -> Result<Vec<Frame>, StoreError> {
     let user_message_id = store.user_message_before(message).await?.unwrap_or_default();
     let mut events = vec![ChatEvent::Start(StartEvent {
         conversation_id: message.conversation_id,
@@ -47,12 +48,12 @@ async fn compact(store: &Store, message: &MessageRow) -> Result<Vec<LoggedEvent>
     Ok(events
         .into_iter()
         .enumerate()
-        .map(|(i, e)| LoggedEvent::new(i as u64 + 1, e))
+        .map(|(i, e)| frame(i as u64 + 1, &e))
         .collect())
 }
 
 /// The terminal event that matches a stored message's status.
-fn terminal(message: &MessageRow) -> ChatEvent {
+fn terminal(message: &Message) -> ChatEvent {
     let usage = message
         .usage
         .as_ref()

@@ -1,20 +1,8 @@
 //! Step accounting: numbers the steps of a reply, turns deltas into
 //! `process_step` events, and keeps the merged form that is stored.
 
-use serde::{Deserialize, Serialize};
-
-use super::events::{ChatEvent, StepEvent, StepKind};
-use crate::llm::ToolCall;
-
-/// A step as stored in `messages.steps`: thinking and text steps carry their
-/// full `content`; `round` is the 0-based model round it belongs to, used to
-/// rebuild the history sent upstream.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
-pub struct StoredStep {
-    pub round: u32,
-    #[serde(flatten)]
-    pub step: StepEvent,
-}
+use crate::domain::ToolCall;
+use crate::domain::{ChatEvent, StepEvent, StepKind, StoredStep};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Block {
@@ -39,7 +27,7 @@ pub struct StepRecorder {
     /// Every tool call of the reply, in order.
     pub tool_calls: Vec<ToolCall>,
     /// Every source cited in the reply, in order.
-    pub sources: Vec<crate::tools::Source>,
+    pub sources: Vec<crate::domain::Source>,
     /// When the partial reply was last written to the database.
     last_snapshot: Option<std::time::Instant>,
     /// When the recorder was made (the reply started).
@@ -125,9 +113,9 @@ impl StepRecorder {
     ///
     /// Returns the event and the `(old id, new id)` pairs, so the tool's text
     /// can be made to cite the same ids.
-    pub fn sources(&mut self, found: Vec<crate::tools::Source>) -> (ChatEvent, Vec<(String, String)>) {
+    pub fn sources(&mut self, found: Vec<crate::domain::Source>) -> (ChatEvent, Vec<(String, String)>) {
         let mut renamed = Vec::new();
-        let numbered: Vec<crate::tools::Source> = found
+        let numbered: Vec<crate::domain::Source> = found
             .into_iter()
             .map(|mut s| {
                 let new_id = format!("S{}", self.sources.len() + 1);
@@ -137,7 +125,7 @@ impl StepRecorder {
             })
             .collect();
         (
-            ChatEvent::Sources(super::events::SourcesEvent { sources: numbered }),
+            ChatEvent::Sources(crate::domain::SourcesEvent { sources: numbered }),
             renamed,
         )
     }

@@ -54,6 +54,9 @@ pub struct LlmConfig {
     /// cap wait for a free one. 0: no limit, one connection per host.
     /// Default 100.
     pub max_streams_per_connection: u32,
+    /// Which HTTP client sends the streaming requests (`CHATD_LLM_TRANSPORT`):
+    /// `auto` (default) or `reqwest`. See [`LlmTransport`].
+    pub transport: LlmTransport,
     /// Most attempts of one model round on one provider (the first try
     /// included) when it fails with a retryable error before its first chunk.
     pub max_attempts: u32,
@@ -71,6 +74,35 @@ pub struct LlmConfig {
     pub max_line_bytes: usize,
     /// How the per-request `thinking` switch is sent upstream.
     pub thinking_style: ThinkingStyle,
+}
+
+/// Which HTTP client sends the streaming chat requests (`llm.transport`):
+/// `"auto"` or `"reqwest"`. Any other value is a configuration error that
+/// lists these two ("unknown variant `h2`, expected `auto` or `reqwest`").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LlmTransport {
+    /// chatd's own pooled HTTP/1.1 connections, read by the reply's task,
+    /// for a cleartext `http://` upstream when `http2_prior_knowledge` is
+    /// off and no `HTTP_PROXY`/`ALL_PROXY` is set; reqwest for the others
+    /// (HTTPS, HTTP/2, a proxy).
+    #[default]
+    Auto,
+    /// reqwest for every upstream: the inline HTTP/1.1 connections are
+    /// never used.
+    Reqwest,
+}
+
+impl<'de> Deserialize<'de> for LlmTransport {
+    // By hand: the config crate's own message for an unknown enum value
+    // does not name the choices.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        match name.as_str() {
+            "auto" => Ok(LlmTransport::Auto),
+            "reqwest" => Ok(LlmTransport::Reqwest),
+            other => Err(serde::de::Error::unknown_variant(other, &["auto", "reqwest"])),
+        }
+    }
 }
 
 /// One named OpenAI-compatible upstream (a `[[providers]]` table).
@@ -130,6 +162,7 @@ impl Default for LlmConfig {
             connect_timeout_ms: 10_000,
             http2_prior_knowledge: false,
             max_streams_per_connection: 100,
+            transport: LlmTransport::Auto,
             max_attempts: 3,
             retry_base_ms: 250,
             retry_max_ms: 8_000,

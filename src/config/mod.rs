@@ -28,7 +28,9 @@ use serde::Deserialize;
 
 pub use chat::{ChatConfig, OnDisconnect};
 pub use http::{AuthMode, HttpConfig, LimitsConfig, LogFormat};
-pub use llm::{DEFAULT_PROVIDER, LlmConfig, ProviderCheckError, ProviderConfig, ThinkingStyle, validate_providers};
+pub use llm::{
+    DEFAULT_PROVIDER, LlmConfig, LlmTransport, ProviderCheckError, ProviderConfig, ThinkingStyle, validate_providers,
+};
 pub use tools::{FetchConfig, McpServerConfig, ToolsConfig};
 
 /// Errors while loading or validating the configuration.
@@ -118,6 +120,7 @@ const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("CHATD_LLM_API_KEY", "llm.api_key"),
     ("CHATD_LLM_MODEL", "llm.model"),
     ("CHATD_LLM_IDLE_TIMEOUT_MS", "llm.idle_timeout_ms"),
+    ("CHATD_LLM_TRANSPORT", "llm.transport"),
     ("CHATD_MAX_ITERATIONS", "chat.max_iterations"),
     ("CHATD_AUTH", "auth"),
     ("CHATD_METRICS_LISTEN", "http.metrics_listen"),

@@ -243,3 +243,24 @@ fn an_authorization_header_alone_is_allowed() {
     let c = Config::load_with_env(Some(&path), env(&[])).expect("load");
     assert_eq!(c.providers[0].headers.len(), 1);
 }
+
+#[test]
+fn llm_transport_is_auto_or_reqwest_from_the_file_or_the_env() {
+    let c = Config::load_with_env(None, env(&[])).expect("defaults load");
+    assert_eq!(c.llm.transport, LlmTransport::Auto);
+    let c = Config::load_with_env(None, env(&[("CHATD_LLM_TRANSPORT", "reqwest")])).expect("load");
+    assert_eq!(c.llm.transport, LlmTransport::Reqwest);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(&dir, "[llm]\ntransport = \"reqwest\"\n");
+    let c = Config::load_with_env(Some(&path), env(&[])).expect("load");
+    assert_eq!(c.llm.transport, LlmTransport::Reqwest);
+    let path = write(&dir, "[llm]\ntransport = \"h2\"\n");
+    let err = Config::load_with_env(Some(&path), env(&[])).expect_err("unknown transport");
+    let text = err.to_string();
+    assert!(
+        text.contains("unknown variant `h2`, expected `auto` or `reqwest`") && text.contains("llm.transport"),
+        "{text}"
+    );
+    let err = Config::load_with_env(None, env(&[("CHATD_LLM_TRANSPORT", "inline")])).expect_err("unknown transport");
+    assert!(err.to_string().contains("`reqwest`"), "{err}");
+}

@@ -23,7 +23,7 @@ pub struct ToolsConfig {
     pub workspace_root: std::path::PathBuf,
     /// Per-tool approval policy, overriding each tool's default
     /// (`write_file` and MCP tools ask; the others run automatically).
-    pub approval: std::collections::BTreeMap<String, crate::tools::Approval>,
+    pub approval: std::collections::BTreeMap<String, crate::domain::Approval>,
     /// How long in ms a reply waits for an approval before the call counts
     /// as declined.
     pub approval_timeout_ms: u64,

@@ -11,8 +11,8 @@ use super::AppState;
 use super::error::{ApiError, ErrorBody, parse_uuid};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::openapi::{ConversationList, MessageList};
-use crate::chat::{SettingsInput, validate_settings};
-use crate::store::{Conversation, ConversationPatch, NewConversation};
+use crate::chat::ConversationService;
+use crate::domain::{Conversation, ConversationPatch, NewConversation};
 
 /// Query of `GET /api/conversations`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -54,22 +54,12 @@ pub struct ListQuery {
     )
 )]
 pub async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Json<Value>, ApiError> {
-    let limit = q.limit.unwrap_or(50);
-    let limit = u32::try_from(limit)
-        .ok()
-        .filter(|l| (1..=200).contains(l))
-        .ok_or_else(|| ApiError::validation(format!("limit must be between 1 and 200, got {limit}")))?;
+    let limit = ConversationService::page_size(q.limit)?;
     let before = q.before.as_deref().map(|b| parse_uuid("before", b)).transpose()?;
-    let page = state
-        .chat
-        .store()
-        .list_conversations(limit, before)
-        .await?
-        .ok_or_else(|| ApiError::not_found("the conversation named by `before` does not exist"))?;
-    let next_before = (page.len() == limit as usize)
-        .then(|| page.last().map(|c| c.id))
-        .flatten();
-    Ok(Json(json!({"conversations": page, "next_before": next_before})))
+    let page = state.conversations.list(limit, before).await?;
+    Ok(Json(
+        json!({"conversations": page.conversations, "next_before": page.next_before}),
+    ))
 }
 
 /// Body of `POST /api/conversations`.
@@ -129,21 +119,9 @@ pub async fn create(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreateBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    validate_settings(&SettingsInput {
-        model: body.model.clone(),
-        provider: body.provider.clone(),
-        system_prompt: None,
-        temperature: body.temperature,
-        max_tokens: body.max_tokens,
-        thinking: None,
-    })?;
-    if let Some(project) = &body.project_id {
-        crate::chat::validate_project_id(project)?;
-    }
     let c = state
-        .chat
-        .store()
-        .create_conversation(NewConversation {
+        .conversations
+        .create(NewConversation {
             title: body.title,
             model: body.model,
             provider: body.provider,
@@ -180,8 +158,7 @@ pub async fn get_one(
     ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let id = parse_uuid("conversation id", &id)?;
-    let c = state.chat.store().conversation(id).await?.ok_or_else(|| missing(id))?;
-    Ok(Json(c))
+    Ok(Json(state.conversations.get(id).await?))
 }
 
 /// Body of `PATCH /api/conversations/{id}`: a field that is present sets the
@@ -255,14 +232,6 @@ pub async fn patch(
     ApiJson(body): ApiJson<PatchBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     let id = parse_uuid("conversation id", &id)?;
-    validate_settings(&SettingsInput {
-        model: body.model.clone().flatten(),
-        provider: body.provider.clone().flatten(),
-        system_prompt: None,
-        temperature: body.temperature.flatten(),
-        max_tokens: body.max_tokens.flatten(),
-        thinking: None,
-    })?;
     let patch = ConversationPatch {
         title: body.title,
         model: body.model,
@@ -272,13 +241,7 @@ pub async fn patch(
         max_tokens: body.max_tokens,
         thinking: body.thinking,
     };
-    let c = state
-        .chat
-        .store()
-        .update_conversation(id, patch)
-        .await?
-        .ok_or_else(|| missing(id))?;
-    Ok(Json(c))
+    Ok(Json(state.conversations.patch(id, patch).await?))
 }
 
 /// `DELETE /api/conversations/{id}`: 204; its messages are deleted too.
@@ -301,11 +264,8 @@ pub async fn patch(
 )]
 pub async fn delete(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<StatusCode, ApiError> {
     let id = parse_uuid("conversation id", &id)?;
-    if state.chat.store().delete_conversation(id).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(missing(id))
-    }
+    state.conversations.delete(id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// `GET /api/conversations/{id}/messages`: `{"messages": [...]}`, oldest first.
@@ -328,13 +288,5 @@ pub async fn delete(State(state): State<AppState>, ApiPath(id): ApiPath<String>)
 )]
 pub async fn messages(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<Json<Value>, ApiError> {
     let id = parse_uuid("conversation id", &id)?;
-    let store = state.chat.store();
-    if store.conversation(id).await?.is_none() {
-        return Err(missing(id));
-    }
-    Ok(Json(json!({"messages": store.messages(id).await?})))
-}
-
-fn missing(id: uuid::Uuid) -> ApiError {
-    ApiError::not_found(format!("conversation {id} not found"))
+    Ok(Json(json!({"messages": state.conversations.messages(id).await?})))
 }

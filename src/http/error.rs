@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::chat::ChatError;
-use crate::store::StoreError;
+use crate::domain::ErrorInfo;
 
 /// An error answered as JSON.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,20 +27,7 @@ pub struct ApiError {
 #[derive(Debug, Clone, PartialEq, utoipa::ToSchema)]
 #[schema(example = json!({"error": {"code": "validation_failed", "message": "temperature must be between 0 and 2, got 3"}}))]
 pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-/// What went wrong: a stable `code` and a message saying what to fix.
-#[derive(Debug, Clone, PartialEq, utoipa::ToSchema)]
-pub struct ErrorDetail {
-    /// Stable machine-readable code, e.g. `invalid_json`, `invalid_request`, `invalid_id`, `unauthorized`,
-    /// `not_found`, `method_not_allowed`, `conversation_busy`, `not_pending`, `reply_finished`,
-    /// `payload_too_large`, `unsupported_media_type`, `validation_failed`, `conversation_too_long`,
-    /// `rate_limited`, `too_many_replies`, `internal`, `shutting_down`, `not_ready`. On a stored message:
-    /// the code of its `error` event.
-    pub code: String,
-    /// What went wrong and what to fix.
-    pub message: String,
+    pub error: ErrorInfo,
 }
 
 impl ApiError {
@@ -89,7 +76,9 @@ impl From<ChatError> for ApiError {
     fn from(e: ChatError) -> Self {
         match e {
             ChatError::Invalid(m) => Self::validation(m),
-            ChatError::ConversationNotFound(_) | ChatError::MessageNotFound(_) => Self::not_found(e.to_string()),
+            ChatError::ConversationNotFound(_) | ChatError::MessageNotFound(_) | ChatError::CursorNotFound => {
+                Self::not_found(e.to_string())
+            }
             ChatError::ConversationTooLong { .. } => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "conversation_too_long", e.to_string())
             }
@@ -99,12 +88,6 @@ impl From<ChatError> for ApiError {
             ChatError::Busy { .. } => Self::new(StatusCode::CONFLICT, "conversation_busy", e.to_string()),
             ChatError::Store(inner) => Self::internal(&inner),
         }
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        Self::internal(&e)
     }
 }
 

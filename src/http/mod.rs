@@ -38,34 +38,35 @@ use tower_http::trace::TraceLayer;
 
 use access::Access;
 
-use crate::chat::ChatService;
+use crate::chat::{ChatService, ConversationService, Models};
 use error::ApiError;
 
-/// Shared state of every handler.
+/// Shared state of every handler: the services, nothing of the store or the
+/// providers.
 #[derive(Clone)]
 pub struct AppState {
+    /// Replies: start, resume, cancel, approve; tools and config.
     pub chat: Arc<ChatService>,
+    /// The conversation routes' work.
+    pub conversations: Arc<ConversationService>,
+    /// `GET /api/models`.
+    pub models: Arc<Models>,
+    /// API keys, rate limits and reply slots.
     pub access: Arc<Access>,
 }
 
 /// Builds the router with every route and the layers: request id
 /// (`x-request-id` in and out), tracing, CORS, API keys and rate limits,
 /// request metrics, panic catching and the body limit. `/metrics` is served
-/// here unless `http.metrics_listen` puts it on its own address.
-pub fn router(chat: Arc<ChatService>) -> Router {
-    let config = chat.config();
+/// here unless `http.metrics_listen` puts it on its own address. Spawns
+/// nothing: the access table's pruning is the app's background task.
+pub fn router(state: AppState) -> Router {
+    let config = state.chat.config();
     let max_body = config.http.max_body_bytes;
     let separate_metrics = config.http.metrics_listen.is_some();
-    let access = Arc::new(Access::new(config));
+    let access = state.access.clone();
     let cors = cors_layer(&config.http.cors_origins);
     metrics::install();
-    let pruned = access.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
-            pruned.retain_recent();
-        }
-    });
 
     let mut router = Router::new()
         .route("/api/chat", post(chat::post_chat))
@@ -106,7 +107,7 @@ pub fn router(chat: Arc<ChatService>) -> Router {
             tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
         }))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
-        .with_state(AppState { chat, access })
+        .with_state(state)
 }
 
 /// Wraps a bound listener so that every accepted connection has

@@ -39,21 +39,6 @@ use super::openapi::ModelList;
     )
 )]
 pub async fn list(State(state): State<AppState>) -> Json<Value> {
-    let listed = state.chat.providers().list_models().await;
-    let models: Vec<Value> = listed
-        .iter()
-        .flat_map(|p| p.models().into_iter().map(|id| json!({"id": id, "provider": p.name})))
-        .collect();
-    let providers: Vec<Value> = listed
-        .iter()
-        .map(|p| {
-            json!({
-                "name": p.name,
-                "base_url": p.base_url,
-                "reachable": p.reachable,
-                "error": p.error,
-            })
-        })
-        .collect();
-    Json(json!({"models": models, "providers": providers}))
+    let listing = state.models.list().await;
+    Json(json!({"models": listing.models, "providers": listing.providers}))
 }

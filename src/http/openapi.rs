@@ -17,8 +17,8 @@ use utoipa::openapi::{Ref, RefOr};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 use uuid::Uuid;
 
-use crate::chat::events::{DoneEvent, ErrorEvent, SourcesEvent, StartEvent, StepEvent, StepKind, UsageTotals};
-use crate::store::{Conversation, MessageRow};
+use crate::domain::{Conversation, Message};
+use crate::domain::{DoneEvent, ErrorEvent, SourcesEvent, StartEvent, StepEvent, StepKind, UsageTotals};
 use crate::tools::{SourceStatus, ToolInfo};
 
 /// The document. Every route of [`super::router`] is listed in `paths`.
@@ -228,7 +228,7 @@ pub struct ConversationList {
 /// `GET /api/conversations/{id}/messages`: every message, oldest first.
 #[derive(ToSchema)]
 pub struct MessageList {
-    pub messages: Vec<MessageRow>,
+    pub messages: Vec<Message>,
 }
 
 /// `POST /api/chat/{message_id}/approve`: the decision that was delivered.
@@ -344,22 +344,4 @@ pub enum FunctionKind {
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct FunctionName {
     pub name: String,
-}
-
-/// A tool call of a stored reply (OpenAI `tool_calls` item).
-#[derive(Serialize, ToSchema)]
-pub struct StoredToolCall {
-    pub id: String,
-    /// `function`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub function: StoredFunctionCall,
-}
-
-/// The function part of a [`StoredToolCall`].
-#[derive(Serialize, ToSchema)]
-pub struct StoredFunctionCall {
-    pub name: String,
-    /// The arguments as JSON text, exactly as the model produced them.
-    pub arguments: String,
 }

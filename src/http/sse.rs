@@ -23,9 +23,10 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::time::Sleep;
 
-use crate::chat::events::{ChatEvent, StepKind};
-use crate::chat::log::{LoggedEvent, Reply, Subscription};
+use crate::chat::log::{Reply, Subscription, event_of};
 use crate::config::ChatConfig;
+use crate::domain::{ChatEvent, StepKind};
+use crate::wire::sse::{self, KEEP_ALIVE};
 
 /// How thinking and text steps carry their text: `delta` (default) or
 /// `accumulated`.
@@ -96,15 +97,15 @@ struct EventBody {
 
 impl EventBody {
     /// The frame to send for `logged`, if any.
-    fn frame(&mut self, logged: &LoggedEvent) -> Option<Bytes> {
+    fn frame(&mut self, logged: &sse::Frame) -> Option<Bytes> {
         // Accumulated mode reads every event, the skipped ones included.
         let data = self
             .so_far
             .as_mut()
-            .and_then(|so_far| logged.event().and_then(|event| accumulate(so_far, &event)));
+            .and_then(|so_far| event_of(logged).and_then(|event| accumulate(so_far, &event)));
         (logged.seq > self.after).then(|| match data {
-            Some(data) => LoggedEvent::from_json(logged.seq, logged.name, &data).frame(),
-            None => logged.frame(),
+            Some(data) => sse::Frame::from_json(logged.seq, logged.name, &data).bytes(),
+            None => logged.bytes(),
         })
     }
 }
@@ -137,9 +138,6 @@ impl hyper::body::Body for EventBody {
         Poll::Pending
     }
 }
-
-/// An SSE comment line and the blank line after it; clients ignore it.
-const KEEP_ALIVE: &[u8] = b":\n\n";
 
 /// For a thinking or text delta, the step's JSON with `content` (all text so
 /// far) in place of `delta`.

@@ -1,52 +1,25 @@
 //! HTTP client for an OpenAI-compatible `POST /chat/completions` stream and
-//! its `GET /models` list.
+//! its `GET /models` list. The requests are built by [`Upstream`] and the
+//! streams sent over a [`Transport`]; this reads what comes back.
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use http_body_util::Full;
-use reqwest::StatusCode;
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use serde_json::Value;
 use tokio::time::{Instant, timeout, timeout_at};
 
-use super::h1::H1Pool;
+use super::errors::{
+    describe_error, error_from_answer, error_from_response, error_message, json_error_message, truncate,
+};
 use super::lines::{LineError, cap_line_length};
-use super::pool::LaneGuard;
 use super::providers::ProviderError;
+use super::request::Upstream;
+use super::transport::{Transport, TransportKind};
 use super::{ChatChunk, ChatRequest, HttpPool, LlmError, StreamItem, WireRequest};
 use crate::config::{LlmConfig, ProviderConfig};
 
-/// What the upstream answered a streaming request: its status, headers and
-/// body (errors described as text), and the lane place the stream holds.
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: BoxStream<'static, Result<Bytes, String>>,
-    lane: Option<LaneGuard>,
-}
-
-impl Answer {
-    fn from_reqwest(response: reqwest::Response, lane: Option<LaneGuard>) -> Self {
-        Self {
-            status: response.status(),
-            headers: response.headers().clone(),
-            body: response
-                .bytes_stream()
-                .map(|r| r.map_err(|e| describe_error(&e)))
-                .boxed(),
-            lane,
-        }
-    }
-}
-
-/// Most bytes of an HTTP error body read to build an error message.
-const ERROR_BODY_LIMIT: usize = 64 * 1024;
-/// Most characters of an upstream error message passed on to the client.
-const ERROR_MESSAGE_CHARS: usize = 500;
 /// Most bytes of a `GET /models` body (hosted routers list hundreds of models).
 const MODELS_BODY_LIMIT: usize = 8 * 1024 * 1024;
 
@@ -56,26 +29,23 @@ const MODELS_BODY_LIMIT: usize = 8 * 1024 * 1024;
 /// the API key nor header values.
 #[derive(Clone)]
 pub struct LlmClient {
+    /// The pool `GET /models` takes its client from.
     http: HttpPool,
-    base_url: String,
-    url: String,
-    api_key: String,
-    headers: HeaderMap,
+    upstream: Upstream,
+    /// What the streams are sent over (decided once, in
+    /// [`Transport::for_upstream`]).
+    transport: Transport,
     first_chunk_timeout: Duration,
     idle_timeout: Duration,
     max_line_bytes: usize,
-    /// Whether streams may share a connection (HTTP/2: an HTTPS upstream,
-    /// or `llm.http2_prior_knowledge`), and so count against
-    /// `llm.max_streams_per_connection`.
-    shared_connections: bool,
 }
 
 impl std::fmt::Debug for LlmClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LlmClient")
-            .field("url", &self.url)
-            .field("api_key", &if self.api_key.is_empty() { "" } else { "<redacted>" })
-            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("url", &self.upstream.chat_url())
+            .field("api_key", &self.upstream.redacted_key())
+            .field("headers", &self.upstream.header_names())
             .field("first_chunk_timeout", &self.first_chunk_timeout)
             .field("idle_timeout", &self.idle_timeout)
             .field("max_line_bytes", &self.max_line_bytes)
@@ -93,36 +63,34 @@ impl LlmClient {
     }
 
     /// A client for one provider over the shared [`HttpPool`] `http`: its base URL,
-    /// key and extra headers, with the timeouts and line limit of `llm`.
+    /// key and extra headers, with the timeouts, line limit and transport
+    /// setting (`llm.transport`) of `llm`.
     ///
     /// Errors: [`ProviderError::Invalid`] when the provider fails
     /// [`ProviderConfig::validate`] (e.g. a header name or value is not
     /// valid HTTP, or the base URL is not `http(s)://`).
     pub fn for_provider(http: HttpPool, llm: &LlmConfig, provider: &ProviderConfig) -> Result<Self, ProviderError> {
-        let invalid = |message: String| ProviderError::Invalid {
-            provider: provider.name.clone(),
-            message,
-        };
-        provider.validate().map_err(invalid)?;
-        let headers = provider.header_map().map_err(invalid)?;
-        let base_url = provider.base_url.trim_end_matches('/').to_string();
-        let shared_connections = llm.http2_prior_knowledge || base_url.starts_with("https://");
+        let upstream = Upstream::new(provider)?;
+        let transport = Transport::for_upstream(&http, llm, upstream.base_url());
         Ok(Self {
             http,
-            url: format!("{base_url}/chat/completions"),
-            base_url,
-            api_key: provider.api_key.clone().unwrap_or_default(),
-            headers,
+            upstream,
+            transport,
             first_chunk_timeout: Duration::from_millis(llm.first_chunk_timeout_ms),
             idle_timeout: Duration::from_millis(llm.idle_timeout_ms),
             max_line_bytes: llm.max_line_bytes,
-            shared_connections,
         })
+    }
+
+    /// Which HTTP client this client's streams take: chatd's inline
+    /// HTTP/1.1 connections or reqwest (see `llm.transport`).
+    pub fn transport(&self) -> TransportKind {
+        self.transport.kind()
     }
 
     /// The base URL requests go to, without a trailing `/`.
     pub fn base_url(&self) -> &str {
-        &self.base_url
+        self.upstream.base_url()
     }
 
     /// Sends `request` (which should have `stream: true`) and returns the
@@ -152,13 +120,14 @@ impl LlmClient {
         request: &ChatRequest,
         model: &str,
     ) -> Result<BoxStream<'static, Result<StreamItem, LlmError>>, LlmError> {
-        let request = WireRequest { model, request };
+        let wire = WireRequest { model, request };
         let idle = self.idle_timeout;
         let idle_ms = millis(idle);
         let first_ms = millis(self.first_chunk_timeout);
         // Until the first event, one deadline covers the headers and the body.
         let first_deadline = deadline_after(self.first_chunk_timeout);
-        let answer = timeout_at(first_deadline, self.send(request))
+        let request = self.upstream.chat(&wire)?;
+        let answer = timeout_at(first_deadline, self.transport.send(request))
             .await
             .map_err(|_| LlmError::first_chunk_timeout(first_ms))??;
         if !answer.status.is_success() {
@@ -238,75 +207,6 @@ impl LlmClient {
         Ok(stream.boxed())
     }
 
-    /// Sends the streaming request: over [`HttpPool::h1`] to a cleartext
-    /// HTTP/1.1 upstream when the pool has that client, else with reqwest
-    /// (HTTPS, HTTP/2, a proxy). Both send the same request: `POST` of the
-    /// JSON body with `Accept: text/event-stream`, the provider's headers
-    /// and `Authorization: Bearer` when there is a key.
-    ///
-    /// Errors: [`LlmError::Unavailable`] when no response came (connection
-    /// refused or reset, connect timeout, a key that is not a valid header
-    /// value).
-    async fn send(&self, request: WireRequest<'_>) -> Result<Answer, LlmError> {
-        if !self.shared_connections
-            && let Some(h1) = self.http.h1()
-        {
-            return self.send_h1(h1, request).await;
-        }
-        // The lane's place is held until the stream is dropped.
-        let (http, lane) = self.http.stream_client(self.shared_connections);
-        let builder = http.post(&self.url).header(ACCEPT, "text/event-stream").json(&request);
-        let response = self
-            .authorized(builder)
-            .send()
-            .await
-            .map_err(|e| LlmError::Unavailable(describe_error(&e)))?;
-        Ok(Answer::from_reqwest(response, lane))
-    }
-
-    /// `builder` with the provider's headers (replacing those set before)
-    /// and, when there is a key, `Authorization: Bearer`.
-    fn authorized(&self, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        let builder = builder.headers(self.headers.clone());
-        if self.api_key.is_empty() {
-            builder
-        } else {
-            builder.bearer_auth(&self.api_key)
-        }
-    }
-
-    /// [`Self::send`] over the HTTP/1.1 client, with the same headers.
-    async fn send_h1(&self, h1: &H1Pool, request: WireRequest<'_>) -> Result<Answer, LlmError> {
-        let json = serde_json::to_vec(&request)
-            .map_err(|e| LlmError::Unavailable(format!("cannot encode the request: {e}")))?;
-        let mut http_request = http::Request::post(&self.url)
-            .body(Full::new(Bytes::from(json)))
-            .map_err(|e| LlmError::Unavailable(format!("cannot build the request: {e}")))?;
-        let headers = http_request.headers_mut();
-        headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        // As reqwest's `headers`: a provider header replaces one set above.
-        for name in self.headers.keys() {
-            headers.remove(name);
-            for value in self.headers.get_all(name) {
-                headers.append(name, value.clone());
-            }
-        }
-        if !self.api_key.is_empty() {
-            let mut value = HeaderValue::from_str(&format!("Bearer {}", self.api_key))
-                .map_err(|_| LlmError::Unavailable("the API key is not a valid HTTP header value".into()))?;
-            value.set_sensitive(true);
-            headers.insert(AUTHORIZATION, value);
-        }
-        let (parts, body) = h1.send(http_request).await.map_err(LlmError::Unavailable)?;
-        Ok(Answer {
-            status: parts.status,
-            headers: parts.headers,
-            body: body.boxed(),
-            lane: None,
-        })
-    }
-
     /// The model ids of `GET {base_url}/models` (OpenAI list format
     /// `{"data":[{"id":...}]}`), in the server's order. The whole request,
     /// body included, must finish within `limit`.
@@ -317,9 +217,12 @@ impl LlmClient {
     /// that is not a model list.
     pub async fn list_models(&self, limit: Duration) -> Result<Vec<String>, LlmError> {
         let fetch = async {
-            let builder = self.http.client().get(format!("{}/models", self.base_url));
+            let (url, headers) = self.upstream.models()?;
             let response = self
-                .authorized(builder)
+                .http
+                .client()
+                .get(url)
+                .headers(headers)
                 .send()
                 .await
                 .map_err(|e| LlmError::Unavailable(describe_error(&e.without_url())))?;
@@ -380,111 +283,9 @@ fn describe_sse_error<E: std::fmt::Display>(e: eventsource_stream::EventStreamEr
     }
 }
 
-/// Classifies a non-2xx response: 429 rate limited, 5xx unavailable, other
-/// statuses upstream errors; the message comes from a JSON `error.message`,
-/// `error` or `message` field, or from the text body.
-/// The body is read until `deadline`; a slower body is cut there.
-async fn error_from_response(response: reqwest::Response, deadline: Instant) -> LlmError {
-    error_from_answer(Answer::from_reqwest(response, None), deadline).await
-}
-
-/// [`error_from_response`] for an [`Answer`].
-async fn error_from_answer(answer: Answer, deadline: Instant) -> LlmError {
-    let status = answer.status;
-    let retry_after_ms = retry_after_ms(&answer.headers);
-    let mut body = Vec::new();
-    let mut stream = answer.body;
-    while let Ok(Some(Ok(chunk))) = timeout_at(deadline, stream.next()).await {
-        body.extend_from_slice(&chunk);
-        if body.len() >= ERROR_BODY_LIMIT {
-            break;
-        }
-    }
-    let text = String::from_utf8_lossy(&body);
-    let detail = error_message(&text);
-    let message = if detail.is_empty() {
-        format!("HTTP {status}")
-    } else {
-        format!("HTTP {status}: {detail}")
-    };
-    if status == StatusCode::TOO_MANY_REQUESTS {
-        LlmError::RateLimited {
-            message,
-            retry_after_ms,
-        }
-    } else if status.is_server_error() {
-        LlmError::Unavailable(message)
-    } else {
-        LlmError::Upstream(message)
-    }
-}
-
-/// `Retry-After` in ms, from its delay-seconds form.
-fn retry_after_ms(headers: &HeaderMap) -> Option<u64> {
-    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    let secs: f64 = value.parse().ok()?;
-    (secs.is_finite() && secs >= 0.0).then_some((secs * 1000.0) as u64)
-}
-
-/// The human-readable part of an error body (JSON or text).
-fn error_message(body: &str) -> String {
-    match serde_json::from_str::<Value>(body) {
-        Ok(v) => json_error_message(&v),
-        Err(_) => truncate(body.trim(), ERROR_MESSAGE_CHARS),
-    }
-}
-
-/// The message of an OpenAI-style error value: `{"error":{"message"}}`,
-/// `{"message"}`, `{"error":"..."}` or the JSON itself.
-fn json_error_message(v: &Value) -> String {
-    let inner = v.get("error").unwrap_or(v);
-    let text = inner
-        .get("message")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .or_else(|| inner.as_str().map(str::to_string))
-        .unwrap_or_else(|| inner.to_string());
-    truncate(&text, ERROR_MESSAGE_CHARS)
-}
-
-/// An error and its sources, `: `-separated ("client error (Connect):
-/// tcp connect error: Connection refused (os error 111)").
-pub(super) fn describe_error(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
-/// At most `max` characters of `s`, cut on a character boundary.
-fn truncate(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn error_messages_from_common_shapes() {
-        assert_eq!(
-            error_message(r#"{"error":{"message":"bad model","type":"x"}}"#),
-            "bad model"
-        );
-        assert_eq!(error_message(r#"{"error":"overloaded"}"#), "overloaded");
-        assert_eq!(error_message(r#"{"message":"nope"}"#), "nope");
-        assert_eq!(error_message("  Bad Gateway \n"), "Bad Gateway");
-        let mut h = HeaderMap::new();
-        h.insert(RETRY_AFTER, "2".parse().expect("header"));
-        assert_eq!(retry_after_ms(&h), Some(2000));
-    }
 
     #[test]
     fn model_lists() {

@@ -12,13 +12,22 @@
 //! one client per provider and picks the model and providers of a request
 //! ([`Providers::route`]); [`Route::open`] tries them in order, retrying per
 //! [`RetryPolicy`], until one stream produces its first item.
+//!
+//! Each client builds its requests in one place (`request.rs`) and sends
+//! its streams over one transport (`transport/`): chatd's own pooled
+//! HTTP/1.1 connections (`h1.rs`) or reqwest over the lanes of
+//! [`HttpPool`]; [`TransportKind::choose`] holds the rule, and
+//! `llm.transport = "reqwest"` turns the inline connections off.
 
 mod client;
+mod errors;
 mod h1;
 mod lines;
 mod pool;
 mod providers;
+mod request;
 mod retry;
+mod transport;
 mod types;
 
 pub use client::LlmClient;
@@ -28,6 +37,7 @@ pub use providers::{
     RouteError,
 };
 pub use retry::RetryPolicy;
+pub use transport::TransportKind;
 pub use types::{
     ChatChunk, ChatRequest, ChunkChoice, Delta, FunctionCall, FunctionDefinition, FunctionDelta, RequestMessage,
     StreamOptions, ToolCall, ToolCallDelta, ToolDefinition, Usage, WireRequest,

@@ -34,13 +34,15 @@ struct Inner {
     /// lane (`max_streams_per_connection = 0`).
     per_lane: usize,
     /// The lane every pool has; `GET /models` uses it, and HTTP/1.1
-    /// streams when `h1` is `None`.
+    /// streams that reqwest carries.
     first: Lane,
-    /// HTTP/1.1 streams to cleartext upstreams; `None` with
-    /// `llm.http2_prior_knowledge` or when a proxy is set in the
-    /// environment (reqwest honours `HTTP_PROXY` and `ALL_PROXY`, this
-    /// client does not).
-    h1: Option<H1Pool>,
+    /// chatd's own HTTP/1.1 connections, for the upstreams whose
+    /// transport is [`super::TransportKind::InlineH1`]; unused (no
+    /// connection, no task) otherwise.
+    h1: H1Pool,
+    /// Whether a proxy for `http://` URLs was set in the environment when
+    /// the pool was built (reqwest honours it, the inline client does not).
+    proxy_in_env: bool,
     /// The lanes added when every lane was full.
     added: Mutex<Vec<Lane>>,
 }
@@ -91,7 +93,8 @@ impl HttpPool {
                 config: config.clone(),
                 per_lane,
                 first: Lane::new(build(config)?),
-                h1: build_h1(config),
+                h1: H1Pool::new(Duration::from_millis(config.connect_timeout_ms)),
+                proxy_in_env: proxy_in_env(),
                 added: Mutex::new(Vec::new()),
             }),
         })
@@ -134,11 +137,17 @@ impl HttpPool {
         (lane.client, Some(LaneGuard { streams: lane.streams }))
     }
 
-    /// The connections for HTTP/1.1 streams to a cleartext upstream, when
-    /// chatd makes them itself (see [`H1Pool`]); else streams use
-    /// [`stream_client`](Self::stream_client).
-    pub fn h1(&self) -> Option<&H1Pool> {
-        self.inner.h1.as_ref()
+    /// chatd's own HTTP/1.1 connections (see [`H1Pool`]), with reqwest's
+    /// settings that matter here: the connect timeout, `TCP_NODELAY`, idle
+    /// connections kept 90 s.
+    pub(super) fn h1(&self) -> &H1Pool {
+        &self.inner.h1
+    }
+
+    /// Whether `HTTP_PROXY` or `ALL_PROXY` (either case) was set, not
+    /// empty, when the pool was built.
+    pub(super) fn proxy_in_env(&self) -> bool {
+        self.inner.proxy_in_env
     }
 
     /// A client for a short request that is not a stream (`GET /models`).
@@ -181,17 +190,6 @@ fn build(config: &LlmConfig) -> Result<reqwest::Client, LlmError> {
         .map_err(|e| LlmError::Unavailable(format!("cannot build HTTP client: {e}")))
 }
 
-/// The HTTP/1.1 connections (see [`H1Pool`]), with reqwest's settings
-/// that matter here: the connect timeout, `TCP_NODELAY`, idle connections
-/// kept 90 s. `None` where reqwest must serve: prior knowledge (HTTP/2
-/// only) or a proxy in the environment.
-fn build_h1(config: &LlmConfig) -> Option<H1Pool> {
-    if config.http2_prior_knowledge || proxy_in_env() {
-        return None;
-    }
-    Some(H1Pool::new(Duration::from_millis(config.connect_timeout_ms)))
-}
-
 /// Whether the environment sets a proxy for `http://` URLs (reqwest's
 /// variables: `HTTP_PROXY`, `ALL_PROXY`, either case).
 fn proxy_in_env() -> bool {
@@ -230,17 +228,6 @@ mod tests {
         let _f = pool.stream_client(true).1;
         assert_eq!(pool.lanes(), 3);
         drop((b, c, d, e));
-    }
-
-    #[test]
-    fn cleartext_streams_get_the_small_buffer_client_unless_http2_or_a_proxy() {
-        assert_eq!(pool(100).h1().is_some(), !proxy_in_env());
-        let h2 = HttpPool::new(&LlmConfig {
-            http2_prior_knowledge: true,
-            ..LlmConfig::default()
-        })
-        .expect("pool");
-        assert!(h2.h1().is_none());
     }
 
     #[test]

@@ -115,21 +115,7 @@ impl PartialEq for RawMessage {
     }
 }
 
-/// A complete tool call (OpenAI `tool_calls[]` item).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ToolCall {
-    pub id: String,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub function: FunctionCall,
-}
-
-/// The function part of a tool call; `arguments` is JSON text.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct FunctionCall {
-    pub name: String,
-    pub arguments: String,
-}
+pub use crate::domain::{FunctionCall, ToolCall};
 
 /// A tool offered to the model (OpenAI `tools[]` item with type function).
 #[derive(Debug, Clone, Serialize)]

@@ -1,183 +1,211 @@
-//! SQLite persistence through sqlx: conversations, messages, the
-//! token-usage ledger and the full-text index of project workspaces.
+//! Persistence behind traits, one per family of queries, and one folder per
+//! backend. Everything above the store names only these traits and
+//! [`StoreError`]; [`open`] picks the backend from the database URL.
 //!
-//! The schema lives in `migrations/` and is embedded into the binary with
-//! `sqlx::migrate!`, so a fresh database file is created and migrated at start.
-//! Ids are UUIDv7 strings, timestamps Unix epoch milliseconds (UTC).
+//! - [`Conversations`]: create, read, list, patch, delete conversations and
+//!   list their messages.
+//! - [`Turns`]: a turn's rows and its reply's event writer (new turns,
+//!   events, snapshots, final replies), and the history sent upstream.
+//! - [`Replays`]: what a resume of a reply no longer in memory reads.
+//! - [`Documents`]: the full-text index of project workspaces.
+//! - [`Usage`]: the token-usage ledger.
+//! - [`Store`]: all of them, plus health and housekeeping.
+//!
+//! Backends: [`sqlite`] (the default: one file, WAL, a writer thread).
+//! Each backend keeps its own migrations next to its code. Ids are UUIDv7,
+//! timestamps Unix epoch milliseconds (UTC).
 
-mod conversations;
-mod documents;
-mod messages;
-mod usage;
-mod writer;
+mod error;
+pub mod sqlite;
+mod types;
 
-use std::str::FromStr;
-use std::time::Duration;
+#[cfg(test)]
+pub(crate) mod contract;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use std::sync::Arc;
 
-pub use conversations::{Conversation, ConversationPatch, NewConversation};
-pub use documents::{DocumentHit, FileStamp, IndexedFile};
-pub use messages::{FinalReply, HistoryRow, MessageRow, NewTurn, Role, Status};
-pub use usage::UsageRow;
-pub use writer::{TerminalEvent, Writer};
+use async_trait::async_trait;
+use bytes::Bytes;
+use uuid::Uuid;
 
-/// Errors of the persistence layer.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The database failed (I/O, lock timeout, constraint).
-    #[error("database error: {0}")]
-    Db(#[from] sqlx::Error),
-    /// Applying the embedded migrations failed.
-    #[error("migration error: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    /// The writer's connection failed (I/O, lock timeout, constraint).
-    #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    /// A batched write (through the [`Writer`]) failed.
-    #[error("database write failed: {0}")]
-    Write(String),
-    /// The configuration asks for something the store cannot do.
-    #[error("unsupported database: {0}")]
-    Unsupported(String),
-    /// A stored value could not be decoded (corrupt row or JSON column).
-    #[error("corrupt row: {0}")]
-    Corrupt(String),
-}
+use crate::domain::{Conversation, ConversationPatch, Message, NewConversation};
 
-/// Handle to the database; cheap to clone (two connection pools and the
-/// writer thread).
+pub use error::StoreError;
+pub use types::{DocumentHit, FileStamp, FinalReply, HistoryRow, IndexedFile, NewTurn, TerminalEvent, UsageRow};
+
+/// Opens the database at `url`, creating and migrating it: `sqlite://PATH`
+/// (the only backend so far).
 ///
-/// Reads go through a pool of [`READ_CONNECTIONS`]. Everything written while
-/// chatting (new turns, reply events, snapshots, final replies) goes through
-/// the [`Writer`]'s connection on its own thread; the rare other writes
-/// (conversation edits and deletes, the workspace index, pruning) through a
-/// second write connection, in order. SQLite lets one writer in at a time:
-/// when those two meet, the later one sleeps in SQLite's busy handler (1, 2,
-/// 5, ... ms), which is why chat traffic never uses the second one.
-#[derive(Clone, Debug)]
-pub struct Store {
-    pool: SqlitePool,
-    write: SqlitePool,
-    writer: Writer,
+/// Errors: [`StoreError::Unsupported`] for another scheme or an in-memory
+/// SQLite database; [`StoreError::Db`] or [`StoreError::Migrate`] when the
+/// database cannot be opened or migrated.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("sqlite:") {
+        return Ok(Arc::new(sqlite::SqliteStore::open(url).await?));
+    }
+    let scheme = url.split_once(':').map_or(url, |(scheme, _)| scheme);
+    Err(StoreError::Unsupported(format!(
+        "a {scheme:?} database URL: database_url must start with sqlite://, e.g. sqlite://chatd.db"
+    )))
 }
 
-/// Connections for reads (history, listings, searches, replays).
-pub const READ_CONNECTIONS: u32 = 8;
+/// Every query family of one backend, plus health and housekeeping.
+#[async_trait]
+pub trait Store: Conversations + Turns + Replays + Documents + Usage + std::fmt::Debug {
+    /// A trivial query; `Ok` when the database answers (`/readyz`).
+    async fn ping(&self) -> Result<(), StoreError>;
 
-/// How long a connection waits for SQLite's write lock before failing.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Housekeeping the backend wants done every second or so (SQLite: a
+    /// passive WAL checkpoint). The app's background task calls it.
+    async fn maintain(&self) -> Result<(), StoreError>;
+}
 
-impl Store {
-    /// Opens (creating if missing) the SQLite database at `url` with WAL,
-    /// `synchronous = NORMAL`, a busy timeout and foreign keys on, applies
-    /// pending migrations and starts the [`Writer`] thread.
+/// Conversations and their messages.
+#[async_trait]
+pub trait Conversations: Send + Sync + std::fmt::Debug {
+    /// Inserts a new conversation and returns it.
+    async fn create_conversation(&self, new: NewConversation) -> Result<Conversation, StoreError>;
+
+    /// The conversation with `id`, or `None`.
+    async fn conversation(&self, id: Uuid) -> Result<Option<Conversation>, StoreError>;
+
+    /// The conversation with `id` and its number of messages, in one query
+    /// (what a new turn checks first), or `None`.
+    async fn conversation_for_turn(&self, id: Uuid) -> Result<Option<(Conversation, u64)>, StoreError>;
+
+    /// Up to `limit` conversations, most recently updated first, after the
+    /// conversation `before` (a cursor); `None` when `before` does not exist.
+    async fn list_conversations(
+        &self,
+        limit: u32,
+        before: Option<Uuid>,
+    ) -> Result<Option<Vec<Conversation>>, StoreError>;
+
+    /// Applies `patch` (and touches `updated_at`); the updated conversation,
+    /// or `None` if absent.
+    async fn update_conversation(&self, id: Uuid, patch: ConversationPatch)
+    -> Result<Option<Conversation>, StoreError>;
+
+    /// Deletes the conversation with its messages; whether it existed.
+    async fn delete_conversation(&self, id: Uuid) -> Result<bool, StoreError>;
+
+    /// Every message of a conversation, oldest first.
+    async fn messages(&self, conversation_id: Uuid) -> Result<Vec<Message>, StoreError>;
+}
+
+/// A turn's rows and its reply's writes, in the order a reply makes them:
+/// [`Turns::begin_turn`], then any number of [`Turns::event`] and
+/// [`Turns::snapshot`], then one [`Turns::finish`].
+///
+/// Events and snapshots are queued, not awaited: a backend gathers them and
+/// writes many replies' at once (never a transaction per token). They reach
+/// the database within about 100 ms, at once when `urgent`.
+#[async_trait]
+pub trait Turns: Send + Sync + std::fmt::Debug {
+    /// Commits a turn's user message and its `streaming` assistant row in one
+    /// transaction (creating the conversation if asked). `Ok(false)` when the
+    /// conversation does not exist (and `create` is false).
     ///
-    /// Errors: [`StoreError::Db`] or [`StoreError::Migrate`] when the file
-    /// cannot be opened or migrated; [`StoreError::Unsupported`] for an
-    /// in-memory database (`sqlite::memory:`), which the writer's own
-    /// connection could not see.
-    pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true);
-        // No checkpoint inside a commit: see `spawn_checkpoints`. Statement
-        // journals (multi-row inserts in a transaction) stay in memory, not
-        // in a temp file written per batch.
-        // No ping before each use (`test_before_acquire`): for SQLite it is
-        // a round trip to the connection's thread, which under load costs
-        // about as much as the statement after it. A broken connection
-        // still fails that statement.
-        let write = SqlitePoolOptions::new()
-            .max_connections(1)
-            .test_before_acquire(false)
-            .connect_with(
-                options
-                    .clone()
-                    .pragma("wal_autocheckpoint", "0")
-                    .pragma("temp_store", "memory"),
-            )
-            .await?;
-        let pool = SqlitePoolOptions::new()
-            .max_connections(READ_CONNECTIONS)
-            .test_before_acquire(false)
-            .connect_with(options.clone())
-            .await?;
-        sqlx::migrate!("./migrations").run(&write).await?;
-        let writer = Writer::spawn(options.get_filename(), Duration::from_millis(writer::GATHER_MS))?;
-        let store = Self { pool, write, writer };
-        spawn_checkpoints(store.pool.clone());
-        Ok(store)
-    }
+    /// Errors: [`StoreError::Write`] when the transaction failed.
+    async fn begin_turn(&self, turn: &NewTurn) -> Result<bool, StoreError>;
 
-    /// Applies the migrations embedded from `migrations/`.
-    pub async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("./migrations").run(&self.write).await?;
-        Ok(())
-    }
+    /// Queues one reply event: its `seq` (SSE id), name and JSON `data`.
+    /// `urgent` (a terminal event sent on its own) is written at once.
+    fn event(&self, message_id: Uuid, seq: u64, name: &'static str, data: Bytes, urgent: bool);
 
-    /// The single writer for streaming data (events, snapshots, final replies).
-    pub fn writer(&self) -> &Writer {
-        &self.writer
-    }
+    /// Queues the partial state of a streaming reply (what a crash may
+    /// keep): its text, reasoning and steps (a JSON array text).
+    fn snapshot(&self, message_id: Uuid, content: String, reasoning: Option<String>, steps: String);
 
-    /// The pool for reads, for health checks and tests.
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
-    }
+    /// Writes a reply's final state, its usage and its terminal event (after
+    /// every event queued before them) in one transaction, and waits until
+    /// it is committed: the terminal event is stored if and only if the
+    /// final state is.
+    ///
+    /// Errors: [`StoreError::Write`] when the transaction failed or the
+    /// writer has stopped.
+    async fn finish(
+        &self,
+        message_id: Uuid,
+        model: &str,
+        reply: FinalReply,
+        terminal: TerminalEvent,
+    ) -> Result<(), StoreError>;
 
-    /// Runs `SELECT 1`; used by `/readyz`.
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
+    /// Waits until everything queued so far is committed (or failed).
+    async fn flush(&self);
+
+    /// A conversation's messages, oldest first, but `except` (the reply
+    /// being generated), with only what the upstream history needs.
+    async fn history(&self, conversation_id: Uuid, except: Uuid) -> Result<Vec<HistoryRow>, StoreError>;
+
+    /// Marks replies left `streaming` by a previous process as `interrupted`
+    /// (keeping their partial content). Returns how many were marked.
+    async fn mark_interrupted(&self) -> Result<u64, StoreError>;
 }
 
-/// How often the WAL is checkpointed into the database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// What a resume of a reply no longer in memory reads.
+#[async_trait]
+pub trait Replays: Send + Sync + std::fmt::Debug {
+    /// One message, or `None`.
+    async fn message(&self, id: Uuid) -> Result<Option<Message>, StoreError>;
 
-/// Checkpoints the WAL every [`CHECKPOINT_EVERY`] from a read connection, in
-/// `PASSIVE` mode (it never blocks the writer or readers). By default SQLite
-/// checkpoints inside whichever commit takes the WAL past 1,000 pages,
-/// fsync included: that commit, and every new chat queued behind it, took
-/// 5 to 10 ms longer. The write connection has auto-checkpoints off.
-fn spawn_checkpoints(pool: SqlitePool) {
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(CHECKPOINT_EVERY).await;
-            if pool.is_closed() {
-                return;
-            }
-            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool).await {
-                tracing::warn!(error = %e, "WAL checkpoint failed");
-            }
-        }
-    });
+    /// The id of the user message a reply answers (the user message just
+    /// before it in its conversation).
+    async fn user_message_before(&self, reply: &Message) -> Result<Option<Uuid>, StoreError>;
+
+    /// The stored events of a reply, by seq: `(seq, event name, JSON data)`.
+    ///
+    /// Errors: [`StoreError::Corrupt`] for a stored event that does not parse.
+    async fn reply_events(&self, message_id: Uuid) -> Result<Vec<(u64, String, String)>, StoreError>;
+
+    /// Deletes the stored events of replies that are final and were last
+    /// written before `before_ms` (Unix epoch ms). Returns how many rows went.
+    async fn prune_events(&self, before_ms: i64) -> Result<u64, StoreError>;
 }
 
-/// Current time as Unix epoch milliseconds.
-pub fn now_ms() -> i64 {
-    jiff::Timestamp::now().as_millisecond()
+/// The full-text index of project workspaces: one entry per file, with
+/// the version of the file it was read from.
+#[async_trait]
+pub trait Documents: Send + Sync + std::fmt::Debug {
+    /// Indexes (or re-indexes) the file `path` of `project_id` with its
+    /// `title` and text `body`, and records `stamp` as the version read. One
+    /// transaction; the previous entry of the file, if any, is replaced.
+    async fn upsert_document(
+        &self,
+        project_id: &str,
+        path: &str,
+        title: &str,
+        body: &str,
+        stamp: FileStamp,
+    ) -> Result<(), StoreError>;
+
+    /// Records that the file at `stamp` is not indexed (not UTF-8 text),
+    /// dropping an older entry; a rescan skips it until it changes.
+    async fn mark_unindexed(&self, project_id: &str, path: &str, stamp: FileStamp) -> Result<(), StoreError>;
+
+    /// Removes a file from the index; whether it was there.
+    async fn remove_document(&self, project_id: &str, path: &str) -> Result<bool, StoreError>;
+
+    /// The best `limit` documents of `project_id` that contain every one of
+    /// `terms` (`any == false`) or any of them (`any == true`), best first.
+    /// Terms are words, never query syntax: a backend quotes them.
+    async fn search_documents(
+        &self,
+        project_id: &str,
+        terms: &[String],
+        any: bool,
+        limit: u32,
+    ) -> Result<Vec<DocumentHit>, StoreError>;
+
+    /// Every file of `project_id` the index has looked at.
+    async fn indexed_files(&self, project_id: &str) -> Result<Vec<IndexedFile>, StoreError>;
 }
 
-/// Parses a stored id column.
-fn parse_id(s: &str) -> Result<uuid::Uuid, StoreError> {
-    uuid::Uuid::parse_str(s).map_err(|e| StoreError::Corrupt(format!("bad id {s:?}: {e}")))
-}
-
-/// Parses an optional JSON text column.
-fn parse_json(s: Option<String>) -> Result<Option<serde_json::Value>, StoreError> {
-    s.map(|text| serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("bad JSON column: {e}"))))
-        .transpose()
-}
-
-/// Serializes Unix epoch ms as an RFC 3339 UTC string (API responses).
-fn rfc3339<S: serde::Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
-    match jiff::Timestamp::from_millisecond(*ms) {
-        Ok(t) => s.serialize_str(&format!("{t:.3}")),
-        Err(_) => s.serialize_i64(*ms),
-    }
+/// The token-usage ledger: prompt and completion tokens per model and UTC
+/// day, added to by [`Turns::finish`].
+#[async_trait]
+pub trait Usage: Send + Sync + std::fmt::Debug {
+    /// The whole ledger, newest day first.
+    async fn usage(&self) -> Result<Vec<UsageRow>, StoreError>;
 }

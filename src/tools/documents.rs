@@ -1,4 +1,4 @@
-//! Keeps a project's full-text index ([`Store::upsert_document`] and
+//! Keeps a project's full-text index ([`Documents::upsert_document`] and
 //! friends) in step with its workspace, and turns a user's words into a
 //! safe FTS5 query.
 //!
@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use super::workspace::{self, PathError};
-use crate::store::{FileStamp, Store, StoreError};
+use crate::store::{Documents, FileStamp, IndexedFile, StoreError};
 
 /// Most query words used; the rest are ignored.
 pub const MAX_TERMS: usize = 32;
@@ -62,17 +62,6 @@ pub fn query_terms(query: &str) -> Vec<String> {
         .collect()
 }
 
-/// An FTS5 query matching documents with every term (`any == false`) or
-/// any term (`any == true`). Each term is a quoted string, so words such as
-/// `AND`, `NEAR` or `title` are searched as words, never as syntax.
-pub fn fts_query(terms: &[String], any: bool) -> String {
-    let quoted: Vec<String> = terms
-        .iter()
-        .map(|t| format!("\"{}\"", t.replace('"', "\"\"")))
-        .collect();
-    quoted.join(if any { " OR " } else { " " })
-}
-
 /// A document's title: its first Markdown heading (`# Title`), else the
 /// file name of `path`.
 pub fn title_of(path: &str, body: &str) -> String {
@@ -104,7 +93,7 @@ pub fn stamp_of(meta: &std::fs::Metadata) -> FileStamp {
 /// Indexes the text `body` of the file `path` (relative, `/`-separated) as
 /// version `stamp`, with its [`title_of`].
 pub async fn index_text(
-    store: &Store,
+    store: &dyn Documents,
     project_id: &str,
     path: &str,
     body: &str,
@@ -121,7 +110,7 @@ pub async fn index_text(
 /// limit. Symbolic links are not followed. Files are read with `tokio::fs`,
 /// the walk runs on the blocking pool.
 pub async fn rescan(
-    store: &Store,
+    store: &dyn Documents,
     project_id: &str,
     root: &Path,
     max_file_bytes: u64,
@@ -130,7 +119,7 @@ pub async fn rescan(
     let files = tokio::task::spawn_blocking(move || workspace::all_files(&walk_root))
         .await
         .map_err(|e| IndexError::Join(e.to_string()))??;
-    let mut known: HashMap<String, crate::store::IndexedFile> = store
+    let mut known: HashMap<String, IndexedFile> = store
         .indexed_files(project_id)
         .await?
         .into_iter()
@@ -184,6 +173,7 @@ pub async fn rescan(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::sqlite::fts_query;
 
     #[test]
     fn terms_are_words_only() {
@@ -213,7 +203,7 @@ mod tests {
     #[tokio::test]
     async fn rescan_follows_the_disk() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(&format!("sqlite://{}", dir.path().join("t.db").display()))
+        let store = crate::store::open(&format!("sqlite://{}", dir.path().join("t.db").display()))
             .await
             .expect("store");
         let root = dir.path().join("ws");
@@ -224,7 +214,7 @@ mod tests {
         std::fs::write(root.join("bin.dat"), [0xff, 0xfe, 0x00]).expect("write");
         std::fs::write(root.join("big.txt"), "x".repeat(200)).expect("write");
 
-        let report = rescan(&store, "p", &root, 100).await.expect("rescan");
+        let report = rescan(store.as_ref(), "p", &root, 100).await.expect("rescan");
         assert_eq!(
             report,
             RescanReport {
@@ -235,22 +225,22 @@ mod tests {
             }
         );
         let hits = store
-            .search_documents("p", &fts_query(&query_terms("zebra"), false), 5)
+            .search_documents("p", &query_terms("zebra"), false, 5)
             .await
             .expect("search");
         assert_eq!(hits.len(), 1);
         assert_eq!((hits[0].path.as_str(), hits[0].title.as_str()), ("a.md", "Alpha"));
 
-        let again = rescan(&store, "p", &root, 100).await.expect("rescan");
+        let again = rescan(store.as_ref(), "p", &root, 100).await.expect("rescan");
         assert_eq!(again.unchanged, 3);
         assert_eq!(again.indexed, 0);
 
         std::fs::remove_file(root.join("a.md")).expect("rm");
         std::fs::write(root.join("sub/b.txt"), "now a zebra too, longer").expect("write");
-        let third = rescan(&store, "p", &root, 100).await.expect("rescan");
+        let third = rescan(store.as_ref(), "p", &root, 100).await.expect("rescan");
         assert_eq!((third.indexed, third.removed), (1, 1));
         let hits = store
-            .search_documents("p", &fts_query(&query_terms("zebra"), false), 5)
+            .search_documents("p", &query_terms("zebra"), false, 5)
             .await
             .expect("search");
         let paths: Vec<&str> = hits.iter().map(|h| h.path.as_str()).collect();

@@ -12,7 +12,7 @@ use futures::{Stream, StreamExt};
 use serde_json::Value;
 
 use super::{ToolContext, ToolOutput, ToolRegistry};
-use crate::llm::ToolCall;
+use crate::domain::ToolCall;
 
 /// Limits for one round of calls.
 #[derive(Debug, Clone, Copy)]
@@ -168,7 +168,7 @@ fn cut(text: String, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::llm::FunctionCall;
+    use crate::domain::FunctionCall;
 
     fn call(name: &str, arguments: &str) -> ToolCall {
         ToolCall {

@@ -14,6 +14,7 @@ pub mod mcp;
 pub mod read_file;
 pub mod search_documents;
 pub mod search_files;
+mod text;
 pub mod workspace;
 pub mod write_file;
 
@@ -27,6 +28,8 @@ use serde_json::Value;
 pub use calculator::Calculator;
 pub use current_time::CurrentTime;
 pub use fetch_url::FetchUrl;
+
+pub use crate::domain::{Approval, Source};
 
 /// Why a tool call failed. The text is shown to the model as the tool result,
 /// so it says what to do differently.
@@ -49,17 +52,6 @@ pub enum RegistryError {
     BadSchema { name: String, reason: String },
 }
 
-/// Whether a call runs right away or waits for the user's approval.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Approval {
-    /// Runs without asking (tools without side effects).
-    Auto,
-    /// The reply emits a `tool_approval` step and waits for
-    /// `POST /api/chat/{message_id}/approve`.
-    Ask,
-}
-
 /// What a call knows about the reply it runs in.
 #[derive(Debug, Clone)]
 pub struct ToolContext {
@@ -73,8 +65,8 @@ pub struct ToolContext {
     pub workspace: Option<std::path::PathBuf>,
     /// The `[tools]` settings (limits, fetch policy).
     pub config: Arc<crate::config::ToolsConfig>,
-    /// The database, for tools that keep an index (`None` in unit tests).
-    pub store: Option<crate::store::Store>,
+    /// The document index, for tools that keep one (`None` in unit tests).
+    pub store: Option<Arc<dyn crate::store::Documents>>,
 }
 
 impl ToolContext {
@@ -90,19 +82,6 @@ impl ToolContext {
             store: None,
         }
     }
-}
-
-/// A document a tool used, shown to the user as a citation (the `sources`
-/// event).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct Source {
-    /// Stable within the reply, e.g. `"S1"`.
-    pub id: String,
-    pub title: String,
-    /// Path relative to the project workspace, or a URL.
-    pub path: String,
-    /// The matching passage, plain text.
-    pub snippet: String,
 }
 
 /// A tool's result: the text for the model, plus any sources it cites.

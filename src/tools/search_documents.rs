@@ -5,7 +5,8 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
-use super::documents::{self, fts_query, query_terms};
+use super::documents::{self, query_terms};
+use super::text::collapse_whitespace;
 use super::workspace::{self, PathError, blocking};
 use super::{Source, Tool, ToolContext, ToolError, ToolOutput};
 use crate::store::DocumentHit;
@@ -85,19 +86,19 @@ async fn search(ctx: ToolContext, query: &str, limit: u32) -> Result<ToolOutput,
         .ok_or_else(|| ToolError::Failed("the document index is not available here".into()))?;
     let max_file_bytes = ctx.config.max_file_bytes;
     let root = blocking(move || workspace::open_workspace(&ctx).map_err(ToolError::from)).await?;
-    documents::rescan(&store, &project, &root, max_file_bytes)
+    documents::rescan(store.as_ref(), &project, &root, max_file_bytes)
         .await
         .map_err(|e| ToolError::Failed(e.to_string()))?;
 
     let failed = |e: crate::store::StoreError| ToolError::Failed(format!("the search failed: {e}"));
     let mut hits = store
-        .search_documents(&project, &fts_query(&terms, false), limit)
+        .search_documents(&project, &terms, false, limit)
         .await
         .map_err(failed)?;
     let mut partial = false;
     if hits.is_empty() && terms.len() > 1 {
         hits = store
-            .search_documents(&project, &fts_query(&terms, true), limit)
+            .search_documents(&project, &terms, true, limit)
             .await
             .map_err(failed)?;
         partial = true;
@@ -118,7 +119,7 @@ fn render(query: &str, hits: &[DocumentHit], partial: bool) -> ToolOutput {
             id: format!("S{}", i + 1),
             title: hit.title.clone(),
             path: hit.path.clone(),
-            snippet: one_line(&hit.snippet),
+            snippet: collapse_whitespace(&hit.snippet),
         })
         .collect();
     let head = if partial {
@@ -134,11 +135,6 @@ fn render(query: &str, hits: &[DocumentHit], partial: bool) -> ToolOutput {
         text.push_str(&format!("\n\n[{}] {} ({})\n{}", s.id, s.title, s.path, s.snippet));
     }
     ToolOutput { content: text, sources }
-}
-
-/// `text` with every run of whitespace made one space.
-fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]

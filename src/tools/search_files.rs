@@ -4,6 +4,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
+use super::text::first_chars;
 use super::workspace::{self, EntryKind, blocking};
 use super::{Tool, ToolContext, ToolError, ToolOutput};
 
@@ -131,10 +132,7 @@ fn search(ctx: &ToolContext, pattern: &str, user: &str) -> Result<String, ToolEr
 
 /// `line` cut to [`MAX_LINE_CHARS`] characters, marked with `…` when cut.
 fn clip(line: &str) -> String {
-    match line.char_indices().nth(MAX_LINE_CHARS) {
-        Some((end, _)) => format!("{}…", &line[..end]),
-        None => line.to_string(),
-    }
+    first_chars(line, MAX_LINE_CHARS)
 }
 
 #[cfg(test)]

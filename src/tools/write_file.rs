@@ -72,7 +72,8 @@ impl Tool for WriteFile {
             };
             let mut text = format!("Wrote {size} bytes to {} ({what}).", written.path);
             if let (Some(store), Some(project)) = (store, project) {
-                let indexed = documents::index_text(&store, &project, &written.path, &content, written.stamp).await;
+                let indexed =
+                    documents::index_text(store.as_ref(), &project, &written.path, &content, written.stamp).await;
                 if let Err(e) = indexed {
                     tracing::warn!(error = %e, path = %written.path, "document index not updated after a write");
                     text.push_str(

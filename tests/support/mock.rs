@@ -219,6 +219,17 @@ pub fn sse_with_delay(chunks: &[Value], delay_ms: u64) -> MockResponse {
     MockResponse::Stream(parts)
 }
 
+/// SSE stream of `(delay_ms, chunk)` parts, each chunk after its delay, and
+/// no `data: [DONE]`: the body just stops (or hangs, while a delay runs).
+pub fn timed(parts: &[(u64, Value)]) -> MockResponse {
+    MockResponse::Stream(
+        parts
+            .iter()
+            .map(|(delay, chunk)| (*delay, format!("data: {chunk}\n\n")))
+            .collect(),
+    )
+}
+
 /// A raw body, sent in the given parts without delay.
 pub fn raw(parts: &[&str]) -> MockResponse {
     MockResponse::Stream(parts.iter().map(|p| (0, p.to_string())).collect())
@@ -247,4 +258,31 @@ pub fn tool_reply(calls: &[(&str, &str, &str)], prompt_tokens: u64, completion_t
     chunks.push(finish("tool_calls"));
     chunks.push(usage(prompt_tokens, completion_tokens));
     sse(&chunks)
+}
+
+/// A non-stream answer: `code` with `headers` and `body`.
+pub fn status(code: u16, headers: &[(&str, &str)], body: &str) -> MockResponse {
+    MockResponse::Status {
+        status: code,
+        headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        body: body.to_string(),
+    }
+}
+
+/// The chunks of a `pieces`-word reply (`w0 w1 ...`, see [`full_text`])
+/// then finish "stop"; no usage.
+pub fn words(pieces: usize) -> Vec<Value> {
+    let mut chunks: Vec<Value> = (0..pieces).map(|i| content(&format!("w{i} "))).collect();
+    chunks.push(finish("stop"));
+    chunks
+}
+
+/// [`words`] streamed with `delay_ms` before each chunk.
+pub fn slow_text(pieces: usize, delay_ms: u64) -> MockResponse {
+    sse_with_delay(&words(pieces), delay_ms)
+}
+
+/// The whole text of [`words`]`(pieces)`.
+pub fn full_text(pieces: usize) -> String {
+    (0..pieces).map(|i| format!("w{i} ")).collect()
 }

@@ -1,35 +1,32 @@
 //! Shared test harness: chatd's real router served on 127.0.0.1 with a real
-//! SQLite file in a temp dir, an SSE client, and the mock upstream.
+//! SQLite file in a temp dir, an SSE client, the mock upstream and the
+//! test-only tools.
+//!
+//! Each test file is its own crate and uses only part of this: hence the
+//! `allow(dead_code)` (it covers the submodules too).
 
 #![allow(dead_code)]
 
 pub mod mock;
+pub mod sse;
+pub mod tools;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chatd::app::App;
 use chatd::chat::ChatService;
-use chatd::config::Config;
+use chatd::config::{Config, ProviderConfig};
 use chatd::tools::ToolRegistry;
-use eventsource_stream::Eventsource;
-use futures::StreamExt;
 use serde_json::Value;
 use sqlx::SqlitePool;
+use sse::{SseEvent, events_of, rest};
 
 /// A plain HTTP client for tests (reqwest is built without a bundled TLS
 /// crypto provider; install ring's first, as chatd does).
 pub fn http_client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::new()
-}
-
-/// One received SSE event.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SseEvent {
-    pub id: String,
-    pub event: String,
-    pub data: Value,
 }
 
 /// A running chatd on an ephemeral port.
@@ -58,10 +55,52 @@ pub fn test_config(upstream: &str, dir: &tempfile::TempDir) -> Config {
     config
 }
 
+/// A provider `name` at `base_url` serving `models`, with no key or headers.
+pub fn provider(name: &str, base_url: &str, models: &[&str]) -> ProviderConfig {
+    ProviderConfig {
+        name: name.to_string(),
+        base_url: base_url.to_string(),
+        api_key: None,
+        api_key_env: None,
+        models: models.iter().map(|m| m.to_string()).collect(),
+        default_model: None,
+        headers: Default::default(),
+    }
+}
+
+/// A 127.0.0.1 port nothing listens on (bound, then let go).
+pub fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// An upstream base URL on a port nothing listens on.
+pub fn closed_port_url() -> String {
+    format!("http://127.0.0.1:{}/v1", closed_port())
+}
+
+/// The `type` of every step of a stored message row, in order.
+pub fn step_types(row: &Value) -> Vec<&str> {
+    row["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["type"].as_str().expect("type"))
+        .collect()
+}
+
 impl TestApp {
     /// chatd with defaults, talking to `upstream`.
     pub async fn start(upstream: &str) -> Self {
-        Self::start_with(upstream, |_| {}, ToolRegistry::with_builtins()).await
+        Self::start_tweaked(upstream, |_| {}).await
+    }
+
+    /// chatd with `tweak` applied to the config and the built-in tools.
+    pub async fn start_tweaked(upstream: &str, tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::start_with(upstream, tweak, ToolRegistry::with_builtins()).await
     }
 
     /// chatd with `tweak` applied to the config and the given tools.
@@ -75,7 +114,7 @@ impl TestApp {
     /// for the database is committed first, as its shutdown would (`chatd
     /// serve` flushes the writer before it exits).
     pub async fn reopen(&self, tweak: impl FnOnce(&mut Config)) -> Self {
-        self.chat.store().writer().flush().await;
+        self.chat.store().flush().await;
         Self::start_in(&self.upstream, self.dir.clone(), tweak, ToolRegistry::with_builtins()).await
     }
 
@@ -109,22 +148,43 @@ impl TestApp {
         format!("{}{path}", self.base)
     }
 
-    /// POSTs `/api/chat` and reads the whole event stream.
-    pub async fn chat(&self, body: Value) -> Vec<SseEvent> {
-        let response = self
-            .http
+    /// POSTs `/api/chat`; the status is the caller's to check.
+    pub async fn post_chat(&self, body: &Value) -> reqwest::Response {
+        self.http
             .post(self.url("/api/chat"))
-            .json(&body)
+            .json(body)
             .send()
             .await
-            .expect("POST /api/chat");
+            .expect("POST /api/chat")
+    }
+
+    /// POSTs `/api/chat`, checks the 200, and returns the live event stream
+    /// (read it with [`sse::next`], [`sse::take`], [`sse::rest`]).
+    pub async fn stream_chat(&self, body: Value) -> impl futures::Stream<Item = SseEvent> + Unpin {
+        let response = self.post_chat(&body).await;
         assert_eq!(
             response.status(),
             200,
             "POST /api/chat failed: {:?}",
             response.text().await
         );
-        read_events(response, usize::MAX).await
+        events_of(response)
+    }
+
+    /// POSTs `/api/chat` and reads the whole event stream.
+    pub async fn chat(&self, body: Value) -> Vec<SseEvent> {
+        rest(&mut self.stream_chat(body).await).await
+    }
+
+    /// POSTs a decision on a tool call of reply `message_id` to its
+    /// `/approve`; returns (status, JSON body).
+    pub async fn approve(&self, message_id: &str, body: Value) -> (u16, Value) {
+        self.send(
+            reqwest::Method::POST,
+            &format!("/api/chat/{message_id}/approve"),
+            Some(body),
+        )
+        .await
     }
 
     /// GET returning (status, JSON body).
@@ -176,64 +236,4 @@ impl TestApp {
             .expect("message exists");
         serde_json::to_value(row).expect("json")
     }
-}
-
-/// Reads SSE events from `response` until the stream ends or `max` events.
-pub async fn read_events(response: reqwest::Response, max: usize) -> Vec<SseEvent> {
-    let mut stream = response.bytes_stream().eventsource();
-    let mut out = Vec::new();
-    while out.len() < max {
-        let next = tokio::time::timeout(Duration::from_secs(20), stream.next())
-            .await
-            .expect("SSE stalled");
-        let Some(event) = next else { break };
-        let event = event.expect("SSE parse");
-        out.push(SseEvent {
-            id: event.id,
-            event: event.event,
-            data: serde_json::from_str(&event.data).expect("event data is JSON"),
-        });
-    }
-    out
-}
-
-/// A live SSE stream read event by event (with [`next`] and [`rest`]).
-pub fn events_of(response: reqwest::Response) -> impl futures::Stream<Item = SseEvent> + Unpin {
-    Box::pin(response.bytes_stream().eventsource().map(|e| {
-        let e = e.expect("SSE parse");
-        SseEvent {
-            id: e.id,
-            event: e.event,
-            data: serde_json::from_str(&e.data).expect("event data is JSON"),
-        }
-    }))
-}
-
-/// The next event of a live stream (20 s limit).
-pub async fn next(stream: &mut (impl futures::Stream<Item = SseEvent> + Unpin)) -> SseEvent {
-    tokio::time::timeout(Duration::from_secs(20), stream.next())
-        .await
-        .expect("an event in time")
-        .expect("an event")
-}
-
-/// Every remaining event of a live stream, until it ends (20 s limit per
-/// event).
-pub async fn rest(stream: &mut (impl futures::Stream<Item = SseEvent> + Unpin)) -> Vec<SseEvent> {
-    let mut out = Vec::new();
-    while let Some(e) = tokio::time::timeout(Duration::from_secs(20), stream.next())
-        .await
-        .expect("the stream ends in time")
-    {
-        out.push(e);
-    }
-    out
-}
-
-/// The events as (name, data) pairs with the ids checked to count 1, 2, 3...
-pub fn checked(events: &[SseEvent]) -> Vec<(String, Value)> {
-    for (i, e) in events.iter().enumerate() {
-        assert_eq!(e.id, (i + 1).to_string(), "event ids count from 1: {events:#?}");
-    }
-    events.iter().map(|e| (e.event.clone(), e.data.clone())).collect()
 }

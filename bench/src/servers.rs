@@ -243,7 +243,7 @@ pub fn chatd_path(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     };
     if !path.is_file() {
         bail!(
-            "no chatd binary at {} (build it with `cargo build --release --bins`, or pass --chatd PATH)",
+            "no chatd binary at {} (build it with `cargo build --release -p chatd`, or pass --chatd PATH)",
             path.display()
         );
     }

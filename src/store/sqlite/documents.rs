@@ -3,49 +3,18 @@
 //! the index last read of each file (mtime and size), which lets a rescan
 //! re-read only the files that changed.
 //!
+//! [`Documents`] on SQLite.
+//!
 //! Rows of `documents` are written only through these methods, always
 //! together with their `document_files` row, which records the FTS rowid so
 //! a file's row is replaced without scanning the table.
 
+use async_trait::async_trait;
 use sqlx::Row;
 
-use super::{Store, StoreError, now_ms};
-
-/// What the index knows of a file's version: enough to notice a change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileStamp {
-    /// Modification time, ns since the Unix epoch (negative before it).
-    pub mtime_ns: i64,
-    /// Size in bytes.
-    pub size: u64,
-}
-
-/// One ranked match of [`Store::search_documents`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct DocumentHit {
-    /// Path relative to the workspace, `/`-separated.
-    pub path: String,
-    /// The file's first Markdown heading, else its file name.
-    pub title: String,
-    /// The best matching passage (FTS5 `snippet()`), plain text; cut ends
-    /// are marked with `â€¦`.
-    pub snippet: String,
-    /// bm25 score, title matches weighted 4x the body; lower is better
-    /// (FTS5 scores are negative).
-    pub score: f64,
-}
-
-/// A file the index has looked at ([`Store::indexed_files`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IndexedFile {
-    /// Path relative to the workspace, `/`-separated.
-    pub path: String,
-    /// The version that was read.
-    pub stamp: FileStamp,
-    /// Whether it is in the full-text index (`false`: it was not UTF-8
-    /// text and is skipped until it changes).
-    pub indexed: bool,
-}
+use super::SqliteStore;
+use crate::domain::now_ms;
+use crate::store::{DocumentHit, Documents, FileStamp, IndexedFile, StoreError};
 
 /// bm25 weights of the `documents` columns: project_id, path (unindexed),
 /// title, body.
@@ -53,15 +22,57 @@ const SEARCH_SQL: &str = "SELECT path, title, snippet(documents, -1, '', '', 'â€
      bm25(documents, 0.0, 0.0, 4.0, 1.0) AS score \
      FROM documents WHERE documents MATCH ? AND project_id = ? ORDER BY score, path LIMIT ?";
 
+impl SqliteStore {
+    /// The best `limit` matches of the FTS5 query `fts_query` among the
+    /// documents of `project_id`, best first. `fts_query` is FTS5 query
+    /// syntax and must be well formed (quote user text first); a syntax error
+    /// is a [`StoreError::Db`].
+    pub async fn search_fts(
+        &self,
+        project_id: &str,
+        fts_query: &str,
+        limit: u32,
+    ) -> Result<Vec<DocumentHit>, StoreError> {
+        let rows = sqlx::query(SEARCH_SQL)
+            .bind(fts_query)
+            .bind(project_id)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DocumentHit {
+                    path: r.try_get("path")?,
+                    title: r.try_get("title")?,
+                    snippet: r.try_get("snippet")?,
+                    score: r.try_get("score")?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// An FTS5 query matching documents with every term (`any == false`) or
+/// any term (`any == true`). Each term is a quoted string, so words such as
+/// `AND`, `NEAR` or `title` are searched as words, never as syntax.
+pub fn fts_query(terms: &[String], any: bool) -> String {
+    let quoted: Vec<String> = terms
+        .iter()
+        .map(|t| format!("\"{}\"", t.replace('"', "\"\"")))
+        .collect();
+    quoted.join(if any { " OR " } else { " " })
+}
+
 fn size_to_db(size: u64) -> i64 {
     i64::try_from(size).unwrap_or(i64::MAX)
 }
 
-impl Store {
+#[async_trait]
+impl Documents for SqliteStore {
     /// Indexes (or re-indexes) the file `path` of `project_id` with its
     /// `title` and text `body`, and records `stamp` as the version read. One
     /// transaction; the previous row of the file, if any, is replaced.
-    pub async fn upsert_document(
+    async fn upsert_document(
         &self,
         project_id: &str,
         path: &str,
@@ -85,7 +96,7 @@ impl Store {
 
     /// Records that the file `path` (version `stamp`) was looked at but is
     /// not indexed (not text), removing any earlier index row of it.
-    pub async fn mark_unindexed(&self, project_id: &str, path: &str, stamp: FileStamp) -> Result<(), StoreError> {
+    async fn mark_unindexed(&self, project_id: &str, path: &str, stamp: FileStamp) -> Result<(), StoreError> {
         let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
         delete_fts_row(&mut tx, project_id, path).await?;
         record_file(&mut tx, project_id, path, stamp, None).await?;
@@ -95,7 +106,7 @@ impl Store {
 
     /// Forgets the file `path` of `project_id` (index row and recorded
     /// version). Returns whether the index knew it.
-    pub async fn remove_document(&self, project_id: &str, path: &str) -> Result<bool, StoreError> {
+    async fn remove_document(&self, project_id: &str, path: &str) -> Result<bool, StoreError> {
         let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
         delete_fts_row(&mut tx, project_id, path).await?;
         let done = sqlx::query("DELETE FROM document_files WHERE project_id = ? AND path = ?")
@@ -107,36 +118,18 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
-    /// The best `limit` matches of the FTS5 query `fts_query` among the
-    /// documents of `project_id`, best first. `fts_query` is FTS5 query
-    /// syntax and must be well formed (quote user text first); a syntax error
-    /// is a [`StoreError::Db`].
-    pub async fn search_documents(
+    /// The terms are quoted into an FTS5 query ([`fts_query`]).
+    async fn search_documents(
         &self,
         project_id: &str,
-        fts_query: &str,
+        terms: &[String],
+        any: bool,
         limit: u32,
     ) -> Result<Vec<DocumentHit>, StoreError> {
-        let rows = sqlx::query(SEARCH_SQL)
-            .bind(fts_query)
-            .bind(project_id)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(DocumentHit {
-                    path: r.try_get("path")?,
-                    title: r.try_get("title")?,
-                    snippet: r.try_get("snippet")?,
-                    score: r.try_get("score")?,
-                })
-            })
-            .collect()
+        self.search_fts(project_id, &fts_query(terms, any), limit).await
     }
 
-    /// Every file of `project_id` the index has looked at, by path.
-    pub async fn indexed_files(&self, project_id: &str) -> Result<Vec<IndexedFile>, StoreError> {
+    async fn indexed_files(&self, project_id: &str) -> Result<Vec<IndexedFile>, StoreError> {
         let rows = sqlx::query(
             "SELECT path, mtime_ns, size, doc_rowid IS NOT NULL AS indexed FROM document_files \
              WHERE project_id = ? ORDER BY path",
@@ -205,6 +198,7 @@ async fn record_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::sqlite::SqliteStore as Store;
 
     async fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -233,7 +227,7 @@ mod tests {
             .await
             .expect("upsert");
 
-        let hits = store.search_documents("p", "\"rust\"", 10).await.expect("search");
+        let hits = store.search_fts("p", "\"rust\"", 10).await.expect("search");
         let paths: Vec<&str> = hits.iter().map(|h| h.path.as_str()).collect();
         assert_eq!(paths, ["a.md", "b.md"]);
         assert!(hits[0].score < hits[1].score);
@@ -244,7 +238,7 @@ mod tests {
             .upsert_document("p", "a.md", "Renamed", "nothing relevant", stamp(2))
             .await
             .expect("upsert");
-        let hits = store.search_documents("p", "\"rust\"", 10).await.expect("search");
+        let hits = store.search_fts("p", "\"rust\"", 10).await.expect("search");
         assert_eq!(hits.len(), 1);
         assert_eq!(hits[0].path, "b.md");
         let files = store.indexed_files("p").await.expect("files");
@@ -265,13 +259,7 @@ mod tests {
         );
 
         store.mark_unindexed("p", "b.md", stamp(3)).await.expect("mark");
-        assert!(
-            store
-                .search_documents("p", "\"rust\"", 10)
-                .await
-                .expect("search")
-                .is_empty()
-        );
+        assert!(store.search_fts("p", "\"rust\"", 10).await.expect("search").is_empty());
         assert!(!store.indexed_files("p").await.expect("files")[1].indexed);
 
         assert!(store.remove_document("p", "a.md").await.expect("remove"));
@@ -288,7 +276,7 @@ mod tests {
     async fn bad_fts_syntax_is_an_error_not_a_panic() {
         let (_dir, store) = store().await;
         assert!(matches!(
-            store.search_documents("p", "\"unbalanced", 5).await,
+            store.search_fts("p", "\"unbalanced", 5).await,
             Err(StoreError::Db(_))
         ));
     }

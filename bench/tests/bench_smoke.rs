@@ -1,8 +1,15 @@
 //! The benchmark binary end to end at its smallest: `chatd-bench run --quick
-//! --scenario smoke` against the chatd built for the tests. Checks that it
-//! runs, that no chat failed and that the JSON has sane fields; never timings
-//! (those belong to the benchmark itself, see BENCHMARKS.md).
+//! --scenario smoke` against the debug `chatd` next to it in the workspace's
+//! target dir. Checks that it runs, that no chat failed and that the JSON has
+//! sane fields; never timings (those belong to the benchmark itself, see
+//! BENCHMARKS.md).
+//!
+//! Cargo builds only this package's binaries for this test, so `chatd` must
+//! have been built first: `cargo test` at the workspace root builds it (and
+//! `.ci/run` runs that before `cargo test -p chatd-bench`), as does
+//! `cargo test --workspace` or `cargo build -p chatd`.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
@@ -14,11 +21,22 @@ fn number(v: &Value, path: &str) -> f64 {
         .unwrap_or_else(|| panic!("no number at {path} in {v}"))
 }
 
+/// The debug `chatd` binary: next to `chatd-bench` in the same target dir.
+fn chatd() -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_chatd-bench")).with_file_name("chatd");
+    assert!(
+        path.is_file(),
+        "no chatd binary at {}: build it first (`cargo build -p chatd`, or `cargo test` at the workspace root)",
+        path.display()
+    );
+    path
+}
+
 #[test]
 fn smoke_scenario_reports_every_chat_delivered_and_stored() {
     let output = Command::new(env!("CARGO_BIN_EXE_chatd-bench"))
         .args(["run", "--quick", "--scenario", "smoke", "--repeat", "1", "--chatd"])
-        .arg(env!("CARGO_BIN_EXE_chatd"))
+        .arg(chatd())
         .output()
         .expect("run chatd-bench");
     let stdout = String::from_utf8_lossy(&output.stdout);

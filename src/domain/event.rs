@@ -3,16 +3,18 @@
 //!
 //! Each event serializes to the JSON `data` of one SSE event whose name is
 //! [`ChatEvent::name`]. The chat module never sees HTTP; the http module
-//! frames these as SSE.
+//! frames these as SSE (the `wire` module's frame format).
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::message::UsageTotals;
+
 /// One event of a reply.
 ///
 /// ```
-/// use chatd::chat::events::{ChatEvent, StepEvent, StepKind};
+/// use chatd::domain::{ChatEvent, StepEvent, StepKind};
 /// let e = ChatEvent::Step(StepEvent {
 ///     id: "step-0".into(),
 ///     index: 0,
@@ -49,6 +51,12 @@ impl ChatEvent {
     /// Whether this is the last event of a reply (`done` or `error`).
     pub fn is_terminal(&self) -> bool {
         matches!(self, ChatEvent::Done(_) | ChatEvent::Error(_))
+    }
+
+    /// Whether `name` is the SSE name of a terminal event (`done` or
+    /// `error`), for events held as frames.
+    pub fn is_terminal_name(name: &str) -> bool {
+        matches!(name, "done" | "error")
     }
 
     /// Parses a stored event back from its SSE name and JSON data; `None`
@@ -136,15 +144,7 @@ pub enum StepKind {
 /// citations. Ids (`S1`, `S2`, ...) are unique within the reply.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct SourcesEvent {
-    pub sources: Vec<crate::tools::Source>,
-}
-
-/// Token counts summed over every round of the reply (OpenAI `usage` shape).
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
-pub struct UsageTotals {
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-    pub total_tokens: u64,
+    pub sources: Vec<super::tool::Source>,
 }
 
 /// `done`: the reply ended normally (or was cancelled) and is stored.

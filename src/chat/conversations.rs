@@ -1,0 +1,136 @@
+//! [`ConversationService`]: the work behind the conversation routes (list,
+//! create, read, patch, delete, messages) with its validation, over the
+//! store's [`Conversations`] family.
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use super::ChatError;
+use super::input::{SettingsInput, validate_project_id, validate_settings};
+use crate::domain::{Conversation, ConversationPatch, Message, NewConversation};
+use crate::store::Store;
+
+/// One page of conversations, most recently updated first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConversationPage {
+    pub conversations: Vec<Conversation>,
+    /// The id to pass as `before` for the next page; `None` on the last.
+    pub next_before: Option<Uuid>,
+}
+
+/// Page size of a listing that names none.
+pub const DEFAULT_PAGE: i64 = 50;
+/// Largest page of a listing.
+pub const MAX_PAGE: i64 = 200;
+
+/// Conversations as the API sees them.
+pub struct ConversationService {
+    store: Arc<dyn Store>,
+}
+
+impl ConversationService {
+    /// A service over `store`.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self { store }
+    }
+
+    /// The page size for a requested `limit`: 1..=200, default 50.
+    ///
+    /// Errors: [`ChatError::Invalid`] for a `limit` out of range.
+    pub fn page_size(limit: Option<i64>) -> Result<u32, ChatError> {
+        let limit = limit.unwrap_or(DEFAULT_PAGE);
+        u32::try_from(limit)
+            .ok()
+            .filter(|l| (1..=MAX_PAGE as u32).contains(l))
+            .ok_or_else(|| ChatError::Invalid(format!("limit must be between 1 and {MAX_PAGE}, got {limit}")))
+    }
+
+    /// A page of at most `limit` conversations (see [`Self::page_size`])
+    /// after the conversation `before`, most recently updated first.
+    ///
+    /// Errors: [`ChatError::CursorNotFound`] when `before` does not exist;
+    /// [`ChatError::Store`].
+    pub async fn list(&self, limit: u32, before: Option<Uuid>) -> Result<ConversationPage, ChatError> {
+        let page = self
+            .store
+            .list_conversations(limit, before)
+            .await?
+            .ok_or(ChatError::CursorNotFound)?;
+        let next_before = (page.len() == limit as usize)
+            .then(|| page.last().map(|c| c.id))
+            .flatten();
+        Ok(ConversationPage {
+            conversations: page,
+            next_before,
+        })
+    }
+
+    /// Creates a conversation with the given settings.
+    ///
+    /// Errors: [`ChatError::Invalid`] for out-of-range settings (see
+    /// [`validate_settings`]) or a bad `project_id`; [`ChatError::Store`].
+    pub async fn create(&self, new: NewConversation) -> Result<Conversation, ChatError> {
+        validate_settings(&SettingsInput {
+            model: new.model.clone(),
+            provider: new.provider.clone(),
+            system_prompt: None,
+            temperature: new.temperature,
+            max_tokens: new.max_tokens,
+            thinking: None,
+        })?;
+        if let Some(project) = &new.project_id {
+            validate_project_id(project)?;
+        }
+        Ok(self.store.create_conversation(new).await?)
+    }
+
+    /// The conversation with `id`.
+    ///
+    /// Errors: [`ChatError::ConversationNotFound`]; [`ChatError::Store`].
+    pub async fn get(&self, id: Uuid) -> Result<Conversation, ChatError> {
+        self.store
+            .conversation(id)
+            .await?
+            .ok_or(ChatError::ConversationNotFound(id))
+    }
+
+    /// Applies `patch` (a present `None` clears a field) and returns the
+    /// updated conversation.
+    ///
+    /// Errors: [`ChatError::Invalid`] for out-of-range settings;
+    /// [`ChatError::ConversationNotFound`]; [`ChatError::Store`].
+    pub async fn patch(&self, id: Uuid, patch: ConversationPatch) -> Result<Conversation, ChatError> {
+        validate_settings(&SettingsInput {
+            model: patch.model.clone().flatten(),
+            provider: patch.provider.clone().flatten(),
+            system_prompt: None,
+            temperature: patch.temperature.flatten(),
+            max_tokens: patch.max_tokens.flatten(),
+            thinking: None,
+        })?;
+        self.store
+            .update_conversation(id, patch)
+            .await?
+            .ok_or(ChatError::ConversationNotFound(id))
+    }
+
+    /// Deletes the conversation and its messages.
+    ///
+    /// Errors: [`ChatError::ConversationNotFound`]; [`ChatError::Store`].
+    pub async fn delete(&self, id: Uuid) -> Result<(), ChatError> {
+        if self.store.delete_conversation(id).await? {
+            Ok(())
+        } else {
+            Err(ChatError::ConversationNotFound(id))
+        }
+    }
+
+    /// Every message of the conversation, oldest first.
+    ///
+    /// Errors: [`ChatError::ConversationNotFound`]; [`ChatError::Store`].
+    pub async fn messages(&self, id: Uuid) -> Result<Vec<Message>, ChatError> {
+        self.get(id).await?;
+        Ok(self.store.messages(id).await?)
+    }
+}
