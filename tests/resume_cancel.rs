@@ -325,23 +325,30 @@ async fn two_hundred_concurrent_replies_are_all_stored() {
         done += 1;
     }
     assert_eq!(done, N);
-    let db = app.db().await;
-    let rows: Vec<(String, String, String)> = sqlx::query_as("SELECT role, status, content FROM messages")
-        .fetch_all(&db)
+    // Every stored message, read through the store's traits.
+    let store = app.chat.store();
+    let conversations = store
+        .list_conversations(N as u32, None)
         .await
-        .expect("rows");
+        .expect("list")
+        .expect("page");
+    let mut rows = Vec::new();
+    for conversation in &conversations {
+        rows.extend(store.messages(conversation.id).await.expect("messages"));
+    }
     assert_eq!(rows.len(), 2 * N);
-    for (role, status, content) in rows {
-        assert_eq!(status, "complete");
-        if role == "assistant" {
-            assert_eq!(content, full_text(10));
+    for row in &rows {
+        assert_eq!(row.status, chatd::domain::Status::Complete);
+        if row.role == chatd::domain::Role::Assistant {
+            assert_eq!(row.content, full_text(10));
         }
     }
     app.chat.store().flush().await;
-    let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM messages WHERE role = 'assistant'")
-        .fetch_all(&db)
-        .await
-        .expect("ids");
+    let ids: Vec<String> = rows
+        .iter()
+        .filter(|m| m.role == chatd::domain::Role::Assistant)
+        .map(|m| m.id.to_string())
+        .collect();
     let mut events = 0;
     for id in ids {
         let stored = app
