@@ -157,7 +157,7 @@ impl Upstream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::llm::{ChatRequest, RequestMessage};
+    use crate::llm::ChatRequest;
 
     fn provider(base_url: &str, key: Option<&str>, headers: &[(&str, &str)]) -> ProviderConfig {
         ProviderConfig {
@@ -172,19 +172,7 @@ mod tests {
     }
 
     fn request() -> ChatRequest {
-        ChatRequest {
-            model: "ignored".to_string(),
-            messages: vec![RequestMessage::User {
-                content: "hi".to_string(),
-            }],
-            stream: true,
-            stream_options: None,
-            temperature: None,
-            max_tokens: None,
-            tools: Vec::new(),
-            tool_choice: None,
-            extra: Default::default(),
-        }
+        ChatRequest::user("ignored", "hi")
     }
 
     fn pairs(headers: &HeaderMap) -> Vec<(String, String)> {

@@ -33,6 +33,27 @@ pub struct ChatRequest {
     pub extra: Map<String, Value>,
 }
 
+#[cfg(test)]
+impl ChatRequest {
+    /// A streaming request of `model` with one user message `text` and no
+    /// options (unit tests).
+    pub(crate) fn user(model: &str, text: &str) -> Self {
+        ChatRequest {
+            model: model.to_string(),
+            messages: vec![RequestMessage::User {
+                content: text.to_string(),
+            }],
+            stream: true,
+            stream_options: None,
+            temperature: None,
+            max_tokens: None,
+            tools: Vec::new(),
+            tool_choice: None,
+            extra: Default::default(),
+        }
+    }
+}
+
 /// The JSON body sent upstream: `model`, then the fields of `request`.
 #[derive(Debug, Serialize)]
 pub struct WireRequest<'a> {

@@ -5,7 +5,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
 use crate::config::ProviderConfig;
-use crate::llm::{ChatRequest, LlmClient, RequestMessage, StreamItem};
+use crate::llm::{ChatRequest, LlmClient, StreamItem};
 
 #[test]
 fn auto_takes_the_inline_connections_only_for_cleartext_http1_without_a_proxy() {
@@ -133,19 +133,7 @@ async fn stream_once(base_url: &str, transport: LlmTransport) -> (String, bool, 
         headers: Default::default(),
     };
     let client = LlmClient::for_provider(http.clone(), &llm, &provider).expect("client");
-    let request = ChatRequest {
-        model: "m".to_string(),
-        messages: vec![RequestMessage::User {
-            content: "hi".to_string(),
-        }],
-        stream: true,
-        stream_options: None,
-        temperature: None,
-        max_tokens: None,
-        tools: Vec::new(),
-        tool_choice: None,
-        extra: Default::default(),
-    };
+    let request = ChatRequest::user("m", "hi");
     let mut stream = client.stream_chat(&request).await.expect("stream");
     let (mut text, mut done) = (String::new(), false);
     while let Some(item) = stream.next().await {
