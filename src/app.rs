@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::chat::{ChatService, ConversationService, Models};
+use crate::chat::{ChatService, Models};
 use crate::config::Config;
 use crate::domain::now_ms;
 use crate::http::AppState;
@@ -91,7 +91,7 @@ impl App {
         ));
         let state = AppState {
             chat: chat.clone(),
-            conversations: Arc::new(ConversationService::new(store.clone())),
+            conversations: Arc::new(chat.conversations()),
             models: Arc::new(Models::new(providers)),
             access: access.clone(),
         };

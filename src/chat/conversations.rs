@@ -8,6 +8,8 @@ use uuid::Uuid;
 
 use super::ChatError;
 use super::input::{SettingsInput, validate_project_id, validate_settings};
+use super::registry::ReplyRegistry;
+use super::service::CANCEL_WAIT;
 use crate::domain::{Conversation, ConversationPatch, Message, NewConversation};
 use crate::store::Store;
 
@@ -27,12 +29,17 @@ pub const MAX_PAGE: i64 = 200;
 /// Conversations as the API sees them.
 pub struct ConversationService {
     store: Arc<dyn Store>,
+    /// The replies in memory, shared with [`super::ChatService`]: a delete
+    /// cancels the conversation's running reply first.
+    replies: Arc<ReplyRegistry>,
 }
 
 impl ConversationService {
-    /// A service over `store`.
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+    /// A service over `store`, sharing the reply registry of the
+    /// [`super::ChatService`] that made it (see
+    /// [`super::ChatService::conversations`]).
+    pub(super) fn new(store: Arc<dyn Store>, replies: Arc<ReplyRegistry>) -> Self {
+        Self { store, replies }
     }
 
     /// The page size for a requested `limit`: 1..=200, default 50.
@@ -115,10 +122,18 @@ impl ConversationService {
             .ok_or(ChatError::ConversationNotFound(id))
     }
 
-    /// Deletes the conversation and its messages.
+    /// Deletes the conversation and its messages. A reply still running in
+    /// it is cancelled first, and the delete waits (up to 10 s) for it to
+    /// end, so that no tool keeps running for a conversation that is gone.
     ///
     /// Errors: [`ChatError::ConversationNotFound`]; [`ChatError::Store`].
     pub async fn delete(&self, id: Uuid) -> Result<(), ChatError> {
+        if let Some(reply) = self.replies.running_in(id) {
+            reply.cancel.cancel();
+            if tokio::time::timeout(CANCEL_WAIT, reply.finished()).await.is_err() {
+                tracing::warn!(conversation_id = %id, "the reply of a deleted conversation did not end in time");
+            }
+        }
         if self.store.delete_conversation(id).await? {
             Ok(())
         } else {

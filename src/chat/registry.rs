@@ -64,6 +64,11 @@ impl ReplyRegistry {
         self.lock().replies.get(&message_id).cloned()
     }
 
+    /// The reply running in the conversation, if any.
+    pub fn running_in(&self, conversation_id: Uuid) -> Option<Arc<Reply>> {
+        self.lock().running.get(&conversation_id).cloned()
+    }
+
     /// Every running reply.
     pub fn running(&self) -> Vec<Arc<Reply>> {
         self.lock().running.values().cloned().collect()

@@ -13,7 +13,7 @@ use super::input::{
 use super::log::{self, Reply};
 use super::registry::ReplyRegistry;
 use super::turn::{Begin, Earlier, Generation};
-use super::{ChatError, replay, title};
+use super::{ChatError, ConversationService, replay, title};
 use crate::config::Config;
 use crate::domain::{Conversation, Message, NewConversation, Role, Status};
 use crate::llm::{Providers, Route, RouteError};
@@ -59,7 +59,7 @@ impl Drop for Waiting {
 }
 
 /// How long a cancel waits for the reply to store its final state.
-const CANCEL_WAIT: Duration = Duration::from_secs(10);
+pub(super) const CANCEL_WAIT: Duration = Duration::from_secs(10);
 
 /// How long a finished reply's events stay in memory (or
 /// `chat.replay_retention_ms`, if shorter). Clients that reconnect right
@@ -90,6 +90,11 @@ impl ChatService {
             replies: Arc::new(ReplyRegistry::default()),
             draining: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// The conversation routes' service over the same store and replies.
+    pub fn conversations(&self) -> ConversationService {
+        ConversationService::new(self.deps.store.clone(), self.replies.clone())
     }
 
     /// The store.

@@ -20,6 +20,7 @@ macro_rules! store_contract {
             conversations_create_read_list_patch_delete,
             a_turn_is_stored_with_its_events_and_final_state,
             a_turn_in_a_missing_conversation_writes_nothing,
+            a_deleted_replys_events_never_cost_another_reply_its_events,
             interrupted_replies_and_pruning,
             documents_index_search_and_forget,
         );
@@ -238,6 +239,74 @@ pub(crate) async fn a_turn_in_a_missing_conversation_writes_nothing(store: Arc<d
             .await
             .expect("read")
             .is_none()
+    );
+}
+
+/// Issue 21, item 1: the events of a reply whose conversation was deleted
+/// mid-stream are dropped, and the other replies' events of the same batch
+/// are all stored.
+pub(crate) async fn a_deleted_replys_events_never_cost_another_reply_its_events(store: Arc<dyn Store>) {
+    let kept = turn(new_conversation("kept").into_conversation(), true, "hi");
+    let doomed = turn(new_conversation("doomed").into_conversation(), true, "hi");
+    assert!(store.begin_turn(&kept).await.expect("begin kept"));
+    assert!(store.begin_turn(&doomed).await.expect("begin doomed"));
+    let event = |seq: u64| Bytes::from(format!("{{\"n\":{seq}}}"));
+    store.event(kept.assistant_message_id, 1, "start", event(1), false);
+    store.event(doomed.assistant_message_id, 1, "start", event(1), false);
+    store.flush().await;
+    assert!(store.delete_conversation(doomed.conversation.id).await.expect("delete"));
+    // One batch holding both replies' events, the doomed one's first.
+    for seq in 2..=4u64 {
+        store.event(doomed.assistant_message_id, seq, "process_step", event(seq), false);
+        store.event(kept.assistant_message_id, seq, "process_step", event(seq), false);
+    }
+    store.snapshot(doomed.assistant_message_id, "lost".into(), None, "[]".into());
+    store
+        .finish(
+            doomed.assistant_message_id,
+            "m",
+            final_reply("lost", Status::Cancelled),
+            done(5),
+        )
+        .await
+        .expect("finishing a deleted reply is not an error");
+    store
+        .finish(
+            kept.assistant_message_id,
+            "m",
+            final_reply("kept", Status::Complete),
+            done(5),
+        )
+        .await
+        .expect("finish kept");
+
+    let seqs: Vec<u64> = store
+        .reply_events(kept.assistant_message_id)
+        .await
+        .expect("events")
+        .iter()
+        .map(|e| e.0)
+        .collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    let row = store
+        .message(kept.assistant_message_id)
+        .await
+        .expect("read")
+        .expect("kept row");
+    assert_eq!((row.status, row.content.as_str()), (Status::Complete, "kept"));
+    assert!(
+        store
+            .message(doomed.assistant_message_id)
+            .await
+            .expect("read")
+            .is_none()
+    );
+    assert!(
+        store
+            .reply_events(doomed.assistant_message_id)
+            .await
+            .expect("events")
+            .is_empty()
     );
 }
 

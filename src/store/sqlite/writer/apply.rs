@@ -68,9 +68,13 @@ pub(super) fn apply(conn: &mut Connection, batch: &[Op]) -> Result<Vec<bool>, St
     // the messages they reference were committed before their replies
     // started.
     {
+        // Conditional: the events of a reply whose message is gone (its
+        // conversation was deleted mid-stream) are dropped here instead of
+        // failing the foreign key, which would roll back every other
+        // reply's events of the batch.
         let mut insert = tx.prepare_cached(
             "INSERT OR IGNORE INTO reply_event_batches (message_id, first_seq, last_seq, events) \
-             VALUES (?, ?, ?, ?)",
+             SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM messages WHERE id = ?1)",
         )?;
         for row in &rows {
             insert.execute(rusqlite::params![
