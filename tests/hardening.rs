@@ -94,3 +94,107 @@ async fn deleting_a_streaming_conversation_cancels_it_and_every_other_reply_is_s
     }
     assert!(stored_events(&app, doomed_start.message_id().as_str()).await.is_empty());
 }
+
+/// Item 2: a request's model name and a model's tool name never become
+/// metric labels unless configured or registered, and names are capped.
+#[tokio::test]
+async fn metric_labels_come_only_from_configured_models_and_registered_tools() {
+    let upstream = MockUpstream::start().await;
+    upstream.push(mock::tool_reply(&[("c1", "no_such_tool_4711", "{}")], 4, 2));
+    upstream.push(mock::text_reply(&["ok"], 5, 1));
+    let app = TestApp::start(&upstream.base_url).await;
+
+    let huge = "m".repeat(300_000);
+    let r = app.post_chat(&json!({"message": "hi", "model": huge})).await;
+    assert_eq!(r.status(), 422);
+    let body: Value = r.json().await.expect("JSON");
+    assert_eq!(body["error"]["code"], "validation_failed");
+    assert_eq!(body["error"]["message"], "model must be at most 256 bytes, got 300000");
+    let r = app
+        .post_chat(&json!({"message": "hi", "provider": "p".repeat(257)}))
+        .await;
+    assert_eq!(r.status(), 422);
+
+    let events = app
+        .chat(json!({"message": "hi", "model": "free-form-model-4711"}))
+        .await;
+    assert_eq!(events.last().expect("end").event, "done");
+    let text = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("body");
+    assert!(!text.contains("free-form-model-4711"), "{text}");
+    assert!(!text.contains("no_such_tool_4711"), "{text}");
+    assert!(
+        text.contains("chatd_tokens_total{model=\"other\",direction=\"prompt\"} 9"),
+        "{text}"
+    );
+    assert!(
+        text.contains("chatd_tool_calls_total{tool=\"unknown\",outcome=\"failure\"} 1"),
+        "{text}"
+    );
+}
+
+/// Item 7 (free text): titles, system prompts and approval reasons have
+/// length caps with 422s that say what to fix.
+#[tokio::test]
+async fn free_text_fields_are_capped_with_422s() {
+    let upstream = MockUpstream::start().await;
+    let app = TestApp::start(&upstream.base_url).await;
+    let long_title = "t".repeat(1025);
+    let (status, body) = app
+        .send(
+            reqwest::Method::POST,
+            "/api/conversations",
+            Some(json!({"title": long_title})),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["error"]["message"]),
+        (422, &json!("title must be at most 1024 bytes, got 1025"))
+    );
+    let (status, body) = app
+        .send(
+            reqwest::Method::POST,
+            "/api/conversations",
+            Some(json!({"system_prompt": "s".repeat(65 * 1024)})),
+        )
+        .await;
+    assert_eq!((status, &body["error"]["code"]), (422, &json!("validation_failed")));
+    let (status, created) = app
+        .send(
+            reqwest::Method::POST,
+            "/api/conversations",
+            Some(json!({"title": "ok"})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let id = created["id"].as_str().expect("id");
+    let (status, _) = app
+        .send(
+            reqwest::Method::PATCH,
+            &format!("/api/conversations/{id}"),
+            Some(json!({"system_prompt": "s".repeat(65 * 1024)})),
+        )
+        .await;
+    assert_eq!(status, 422);
+    let r = app
+        .post_chat(&json!({"message": "hi", "system_prompt": "s".repeat(65 * 1024)}))
+        .await;
+    assert_eq!(r.status(), 422);
+    let (status, body) = app
+        .approve(
+            &uuid::Uuid::now_v7().to_string(),
+            json!({"tool_call_id": "c1", "approved": false, "reason": "r".repeat(5000)}),
+        )
+        .await;
+    assert_eq!((status, &body["error"]["code"]), (422, &json!("validation_failed")));
+    // Nothing was stored by the refused requests.
+    let (_, list) = app.get("/api/conversations").await;
+    assert_eq!(list["conversations"].as_array().expect("list").len(), 1);
+}

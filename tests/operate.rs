@@ -248,7 +248,8 @@ async fn metrics_after_a_reply() {
         2,
     ));
     upstream.push(mock::text_reply(&["2"], 5, 1));
-    let app = TestApp::start(&upstream.base_url).await;
+    // A configured model: only those label metrics (issue 21).
+    let app = TestApp::start_tweaked(&upstream.base_url, |c| c.llm.model = "metrics-model".into()).await;
     app.chat(json!({"message": "sum", "model": "metrics-model"})).await;
     let r = app.http.get(app.url("/metrics")).send().await.expect("get");
     assert_eq!(r.status(), 200);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use super::ChatError;
-use super::input::{SettingsInput, validate_project_id, validate_settings};
+use super::input::{MAX_TITLE_BYTES, SettingsInput, validate_length, validate_project_id, validate_settings};
 use super::registry::ReplyRegistry;
 use super::service::CANCEL_WAIT;
 use crate::domain::{Conversation, ConversationPatch, Message, NewConversation};
@@ -78,10 +78,11 @@ impl ConversationService {
     /// Errors: [`ChatError::Invalid`] for out-of-range settings (see
     /// [`validate_settings`]) or a bad `project_id`; [`ChatError::Store`].
     pub async fn create(&self, new: NewConversation) -> Result<Conversation, ChatError> {
+        validate_length("title", new.title.as_deref(), MAX_TITLE_BYTES)?;
         validate_settings(&SettingsInput {
             model: new.model.clone(),
             provider: new.provider.clone(),
-            system_prompt: None,
+            system_prompt: new.system_prompt.clone(),
             temperature: new.temperature,
             max_tokens: new.max_tokens,
             thinking: None,
@@ -108,10 +109,11 @@ impl ConversationService {
     /// Errors: [`ChatError::Invalid`] for out-of-range settings;
     /// [`ChatError::ConversationNotFound`]; [`ChatError::Store`].
     pub async fn patch(&self, id: Uuid, patch: ConversationPatch) -> Result<Conversation, ChatError> {
+        validate_length("title", patch.title.clone().flatten().as_deref(), MAX_TITLE_BYTES)?;
         validate_settings(&SettingsInput {
             model: patch.model.clone().flatten(),
             provider: patch.provider.clone().flatten(),
-            system_prompt: None,
+            system_prompt: patch.system_prompt.clone().flatten(),
             temperature: patch.temperature.flatten(),
             max_tokens: patch.max_tokens.flatten(),
             thinking: None,

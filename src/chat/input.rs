@@ -83,8 +83,38 @@ pub struct ChatInput {
     pub tool_choice: Option<ToolChoice>,
 }
 
-/// Checks the ranges of settings (shared by chat and conversation routes).
+/// Longest `model` or `provider` name a request may give, in bytes.
+pub const MAX_NAME_BYTES: usize = 256;
+/// Longest `system_prompt`, in bytes (64 KiB).
+pub const MAX_SYSTEM_PROMPT_BYTES: usize = 64 * 1024;
+/// Longest conversation `title`, in bytes.
+pub const MAX_TITLE_BYTES: usize = 1024;
+/// Longest reason of an approval decision, in bytes.
+pub const MAX_REASON_BYTES: usize = 4096;
+
+/// Checks that the free-text `field` is at most `max` bytes long.
+///
+/// Errors: [`ChatError::Invalid`] (422) naming the field and both lengths.
+pub fn validate_length(field: &str, value: Option<&str>, max: usize) -> Result<(), ChatError> {
+    match value {
+        Some(v) if v.len() > max => Err(ChatError::Invalid(format!(
+            "{field} must be at most {max} bytes, got {}",
+            v.len()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Checks the ranges and lengths of settings (shared by chat and
+/// conversation routes): temperature 0..=2, `max_tokens` at least 1, `model`
+/// and `provider` not blank and at most [`MAX_NAME_BYTES`], `system_prompt`
+/// at most [`MAX_SYSTEM_PROMPT_BYTES`].
+///
+/// Errors: [`ChatError::Invalid`] saying which value to fix.
 pub fn validate_settings(s: &SettingsInput) -> Result<(), ChatError> {
+    validate_length("model", s.model.as_deref(), MAX_NAME_BYTES)?;
+    validate_length("provider", s.provider.as_deref(), MAX_NAME_BYTES)?;
+    validate_length("system_prompt", s.system_prompt.as_deref(), MAX_SYSTEM_PROMPT_BYTES)?;
     if let Some(t) = s.temperature
         && !(0.0..=2.0).contains(&t)
     {

@@ -359,8 +359,9 @@ impl ChatService {
 
     /// Delivers the user's decision on a tool call that waits for approval.
     ///
-    /// Errors: [`ChatError::MessageNotFound`] when no running reply has that
-    /// id; [`ChatError::NoPendingApproval`] when that call is not waiting.
+    /// Errors: [`ChatError::Invalid`] for a `reason` over 4096 bytes;
+    /// [`ChatError::MessageNotFound`] when no running reply has that id;
+    /// [`ChatError::NoPendingApproval`] when that call is not waiting.
     pub fn approve(
         &self,
         message_id: Uuid,
@@ -368,6 +369,7 @@ impl ChatService {
         approved: bool,
         reason: Option<String>,
     ) -> Result<(), ChatError> {
+        super::input::validate_length("reason", reason.as_deref(), super::input::MAX_REASON_BYTES)?;
         let reply = self
             .replies
             .get(message_id)

@@ -316,6 +316,13 @@ impl Providers {
         self.entries.iter().map(|e| e.name.as_str()).collect()
     }
 
+    /// Whether some provider lists `model` (in `models` or as its
+    /// `default_model`): what may label a metric, where a request's free-form
+    /// name may not.
+    pub fn lists_model(&self, model: &str) -> bool {
+        self.entries.iter().any(|e| e.serves(model))
+    }
+
     /// The client of the provider called `name`.
     pub fn get(&self, name: &str) -> Option<&Arc<LlmClient>> {
         self.entries.iter().find(|e| e.name == name).map(|e| &e.client)

@@ -118,7 +118,15 @@ impl Generation {
         active.decrement(1.0);
         metrics::counter!("chatd_replies_total", "outcome" => outcome).increment(1);
         metrics::histogram!("chatd_reply_duration_seconds").record(started.elapsed().as_secs_f64());
-        let model = self.settings.model.clone();
+        // Configured names only: a request's free-form model name as a label
+        // would let any client grow /metrics without bound.
+        let model = if self.deps.providers.lists_model(&self.settings.model)
+            || self.settings.model == self.deps.config.llm.model
+        {
+            self.settings.model.clone()
+        } else {
+            "other".to_string()
+        };
         metrics::counter!("chatd_tokens_total", "model" => model.clone(), "direction" => "prompt")
             .increment(usage.prompt_tokens);
         metrics::counter!("chatd_tokens_total", "model" => model, "direction" => "completion")

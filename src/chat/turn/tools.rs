@@ -114,8 +114,13 @@ impl Generation {
         messages: &mut Vec<RequestMessage>,
     ) {
         let outcome_label = if outcome.success { "success" } else { "failure" };
-        metrics::counter!("chatd_tool_calls_total", "tool" => call.function.name.clone(), "outcome" => outcome_label)
-            .increment(1);
+        // Registered tools only: the model may emit any name.
+        let tool = if self.deps.tools.contains(&call.function.name) {
+            call.function.name.clone()
+        } else {
+            "unknown".to_string()
+        };
+        metrics::counter!("chatd_tool_calls_total", "tool" => tool, "outcome" => outcome_label).increment(1);
         let (sources, content) = if outcome.sources.is_empty() {
             (None, outcome.content)
         } else {
