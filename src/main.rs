@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use chatd::app::{App, AppError};
 use chatd::config::{Config, LogFormat};
+use chatd::http::serve::{ServeLimits, serve as serve_http};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -139,6 +140,7 @@ async fn serve(config: Config) -> Result<(), AppError> {
     let model = config.llm.model.clone();
     let upstream = config.llm.base_url.clone();
     let metrics_listen = config.http.metrics_listen;
+    let limits = ServeLimits::from_config(&config.http);
     let app = App::build(config).await?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -153,7 +155,13 @@ async fn serve(config: Config) -> Result<(), AppError> {
             })?;
         tracing::info!(addr = %metrics_addr, "metrics listening");
         tokio::spawn(async move {
-            if let Err(e) = axum::serve(metrics_listener, chatd::http::metrics_router()).await {
+            let served = serve_http(
+                metrics_listener,
+                chatd::http::metrics_router(),
+                limits,
+                std::future::pending(),
+            );
+            if let Err(e) = served.await {
                 tracing::error!(error = %e, "metrics server failed");
             }
         });
@@ -169,13 +177,9 @@ async fn serve(config: Config) -> Result<(), AppError> {
         tracing::info!("every reply is stored");
     });
     let mut stop = stop_rx.clone();
-    // `into_make_service` turns the routes into services once; handing
-    // `axum::serve` the router itself redoes that for every connection
-    // (about 17 KiB and a route table rebuild per HTTP/1.1 connection).
-    let server = axum::serve(chatd::http::listener(listener), app.router.clone().into_make_service())
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        });
+    let server = serve_http(listener, app.router.clone(), limits, async move {
+        let _ = stop.wait_for(|s| *s).await;
+    });
     let mut stopped = stop_rx;
     tokio::select! {
         result = server => result.map_err(AppError::Serve)?,

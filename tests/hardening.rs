@@ -5,6 +5,7 @@
 mod support;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::TestApp;
@@ -197,4 +198,201 @@ async fn free_text_fields_are_capped_with_422s() {
     // Nothing was stored by the refused requests.
     let (_, list) = app.get("/api/conversations").await;
     assert_eq!(list["conversations"].as_array().expect("list").len(), 1);
+}
+
+/// Reads from `tcp` until the server closes the connection; what was read.
+/// Panics if the connection is still open after `within`.
+async fn read_until_closed(tcp: &mut tokio::net::TcpStream, within: Duration) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let closed = tokio::time::timeout(within, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&seen).to_string();
+    assert!(
+        closed.is_ok(),
+        "the connection was still open after {within:?}; read {text:?}"
+    );
+    text
+}
+
+async fn connect(app: &TestApp) -> tokio::net::TcpStream {
+    let addr = app.base.trim_start_matches("http://");
+    tokio::net::TcpStream::connect(addr).await.expect("connect")
+}
+
+/// Item 3: an incomplete request head is cut at the header read timeout; a
+/// trickled body gets 408 at the body timeout; an idle keep-alive
+/// connection is closed, but a live SSE stream longer than that timeout is
+/// not cut.
+#[tokio::test]
+async fn slow_heads_trickled_bodies_and_idle_connections_are_closed_but_streams_are_not() {
+    use tokio::io::AsyncWriteExt;
+    let upstream = MockUpstream::start().await;
+    upstream.push(slow_text(20, 50));
+    let app = TestApp::start_tweaked(&upstream.base_url, |c| {
+        c.http.header_read_timeout_ms = 400;
+        c.http.keep_alive_timeout_ms = 300;
+        c.http.body_timeout_ms = 400;
+    })
+    .await;
+
+    let mut slow_head = connect(&app).await;
+    slow_head
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    read_until_closed(&mut slow_head, Duration::from_secs(3)).await;
+
+    let mut trickle = connect(&app).await;
+    trickle
+        .write_all(
+            b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 100\r\n\r\n{\"message\":",
+        )
+        .await
+        .expect("write");
+    let answer = read_until_closed(&mut trickle, Duration::from_secs(3)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"code\":\"request_timeout\""), "{answer}");
+
+    let mut idle = connect(&app).await;
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let answer = read_until_closed(&mut idle, Duration::from_secs(3)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // 20 pieces 50 ms apart: a stream three times the keep-alive timeout.
+    let events = app.chat(json!({"message": "long"})).await;
+    assert_eq!(events.last().expect("end").event, "done");
+    let id = events[0].message_id();
+    assert_eq!(app.wait_final(&id).await["content"], full_text(20));
+}
+
+/// Item 3: past `http.max_connections`, a new connection waits until an
+/// open one closes.
+#[tokio::test]
+async fn connections_past_the_cap_wait_for_a_free_slot() {
+    use tokio::io::AsyncWriteExt;
+    let upstream = MockUpstream::start().await;
+    let app = TestApp::start_tweaked(&upstream.base_url, |c| c.http.max_connections = 2).await;
+    let first = connect(&app).await;
+    let _second = connect(&app).await;
+    let mut third = connect(&app).await;
+    third
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 64];
+    let early = tokio::time::timeout(Duration::from_millis(500), async {
+        use tokio::io::AsyncReadExt;
+        third.read(&mut buf).await
+    })
+    .await;
+    assert!(early.is_err(), "the third connection was served past the cap");
+    drop(first);
+    let answer = read_until_closed(&mut third, Duration::from_secs(3)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// Item 10: a client's `x-request-id` is echoed only when it is a short
+/// token of safe characters; anything else is replaced by a fresh UUID.
+#[tokio::test]
+async fn forged_request_ids_are_replaced() {
+    let upstream = MockUpstream::start().await;
+    let app = TestApp::start(&upstream.base_url).await;
+    let echoed = |value: &'static str| {
+        let request = app.http.get(app.url("/healthz")).header("x-request-id", value);
+        async move {
+            let r = request.send().await.expect("get");
+            r.headers()["x-request-id"].to_str().expect("id").to_string()
+        }
+    };
+    assert_eq!(echoed("trace-01.a_b:c").await, "trace-01.a_b:c");
+    for forged in [
+        "id\" level=ERROR msg=\"forged",
+        "a b",
+        "x;y",
+        Box::leak("z".repeat(65).into_boxed_str()),
+    ] {
+        let id = echoed(forged).await;
+        assert!(uuid::Uuid::parse_str(&id).is_ok(), "{forged:?} became {id:?}");
+    }
+}
+
+/// Item 11: the `Bearer` scheme in any letter case (RFC 7235).
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    const KEY: &str = "test-key-0123456789abcdef";
+    let upstream = MockUpstream::start().await;
+    let app = TestApp::start_tweaked(&upstream.base_url, |c| c.api_keys = vec![KEY.into()]).await;
+    for (authorization, status) in [
+        (format!("Bearer {KEY}"), 200),
+        (format!("bearer {KEY}"), 200),
+        (format!("BEARER  {KEY}"), 200),
+        (format!("Basic {KEY}"), 401),
+        (KEY.to_string(), 401),
+    ] {
+        let r = app
+            .http
+            .get(app.url("/api/conversations"))
+            .header("authorization", &authorization)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), status, "{authorization}");
+    }
+}
+
+/// Item 11: the real binary warns at start when authentication is off.
+#[tokio::test]
+async fn the_binary_warns_when_authentication_is_off() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = support::closed_port();
+    let config = dir.path().join("chatd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndatabase_url = \"sqlite://{}\"\n",
+            dir.path().join("chatd.db").display()
+        ),
+    )
+    .expect("config");
+    let log = dir.path().join("chatd.log");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatd"))
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .env("RUST_LOG", "warn")
+        .stdout(std::fs::File::create(&log).expect("log"))
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn chatd");
+    let http = support::http_client();
+    let mut up = false;
+    for _ in 0..200 {
+        if http
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let _ = child.kill().await;
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(up, "chatd did not start: {text}");
+    assert!(text.contains("authentication is off"), "{text}");
 }

@@ -21,6 +21,22 @@ pub struct HttpConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// `plain` (default) or `json` log lines (`CHATD_LOG_FORMAT`).
     pub log_format: LogFormat,
+    /// Time a client has to send a whole request head, in ms, counted from
+    /// the connection's open or from the end of the previous response; a
+    /// connection that misses it is closed. Default 30,000.
+    pub header_read_timeout_ms: u64,
+    /// Time a client has to send a whole request body, in ms, counted from
+    /// the end of its head; a body still incomplete then gets 408
+    /// `request_timeout`. Default 30,000.
+    pub body_timeout_ms: u64,
+    /// An HTTP/1.1 keep-alive connection with no request in flight is closed
+    /// after this many ms. A request in flight (an SSE stream however long)
+    /// is never cut. At most `header_read_timeout_ms`, which also runs while
+    /// a connection waits for its next request. Default 15,000.
+    pub keep_alive_timeout_ms: u64,
+    /// Most client connections open at once; further connections wait in the
+    /// listen backlog until one closes. Default 16,384.
+    pub max_connections: usize,
 }
 
 /// Log line format.
@@ -76,7 +92,33 @@ impl Default for HttpConfig {
             cors_origins: Vec::new(),
             metrics_listen: None,
             log_format: LogFormat::Plain,
+            header_read_timeout_ms: 30_000,
+            body_timeout_ms: 30_000,
+            keep_alive_timeout_ms: 15_000,
+            max_connections: 16_384,
         }
+    }
+}
+
+impl HttpConfig {
+    /// Checks that the timeouts and `max_connections` are at least 1 and
+    /// that `keep_alive_timeout_ms` is at most `header_read_timeout_ms`.
+    /// Errors: [`ConfigError::Invalid`] naming the setting.
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.header_read_timeout_ms == 0 || self.body_timeout_ms == 0 || self.keep_alive_timeout_ms == 0 {
+            return invalid(
+                "http.header_read_timeout_ms, http.body_timeout_ms and http.keep_alive_timeout_ms must be at least 1",
+            );
+        }
+        if self.keep_alive_timeout_ms > self.header_read_timeout_ms {
+            return invalid(
+                "http.keep_alive_timeout_ms must be at most http.header_read_timeout_ms (an idle connection also waits for a request head)",
+            );
+        }
+        if self.max_connections == 0 {
+            return invalid("http.max_connections must be at least 1");
+        }
+        Ok(())
     }
 }
 

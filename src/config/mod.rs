@@ -125,6 +125,7 @@ const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("CHATD_AUTH", "auth"),
     ("CHATD_METRICS_LISTEN", "http.metrics_listen"),
     ("CHATD_LOG_FORMAT", "http.log_format"),
+    ("CHATD_HTTP_MAX_CONNECTIONS", "http.max_connections"),
 ];
 
 impl Config {
@@ -190,6 +191,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.chat.validate()?;
         self.limits.validate()?;
+        self.http.validate()?;
         self.auth.validate(&self.api_keys, self.listen)?;
         self.tools.validate()?;
         self.llm.validate()?;

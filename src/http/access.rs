@@ -41,11 +41,22 @@ pub struct Access {
 
 impl Access {
     /// From the config: keys are hashed at once and the plain keys dropped.
+    /// Without keys (or with `auth = "none"`) it logs a warning: every
+    /// client may then use every route, and the per-key rate limits and
+    /// reply caps are off.
     pub fn new(config: &Config) -> Self {
         let per_minute = NonZeroU32::new(config.limits.requests_per_minute).unwrap_or(NonZeroU32::MIN);
+        let enforce = config.auth == AuthMode::Keys && !config.api_keys.is_empty();
+        if !enforce {
+            tracing::warn!(
+                listen = %config.listen,
+                "authentication is off (no API keys, or auth = \"none\"): any client that reaches this address \
+                 may use every route, and the per-key rate limits and reply caps do not apply; set CHATD_API_KEYS"
+            );
+        }
         Self {
             digests: config.api_keys.iter().map(|k| digest(k.as_bytes())).collect(),
-            enforce: config.auth == AuthMode::Keys && !config.api_keys.is_empty(),
+            enforce,
             limiter: RateLimiter::keyed(Quota::per_minute(per_minute)),
             slots: Mutex::new(HashMap::new()),
             max_replies: config.limits.concurrent_replies as usize,
@@ -57,7 +68,12 @@ impl Access {
         if !self.enforce {
             return Some(Caller("anonymous".into()));
         }
-        let presented = authorization?.to_str().ok()?.strip_prefix("Bearer ")?.trim();
+        // RFC 7235 section 2.1: the auth scheme is case-insensitive.
+        let (scheme, presented) = authorization?.to_str().ok()?.trim().split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return None;
+        }
+        let presented = presented.trim();
         let presented = digest(presented.as_bytes());
         // Compare against every key, without stopping at a match.
         let mut found: Option<usize> = None;

@@ -18,10 +18,12 @@ mod chat;
 mod conversations;
 pub mod error;
 mod extract;
+pub mod guard;
 mod health;
 pub mod metrics;
 mod models;
 pub mod openapi;
+pub mod serve;
 mod sse;
 
 use std::sync::Arc;
@@ -63,6 +65,10 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     let config = state.chat.config();
     let max_body = config.http.max_body_bytes;
+    let body_limits = guard::BodyLimits {
+        timeout: std::time::Duration::from_millis(config.http.body_timeout_ms),
+        max_bytes: max_body,
+    };
     let separate_metrics = config.http.metrics_listen.is_some();
     let access = state.access.clone();
     let cors = cors_layer(&config.http.cors_origins);
@@ -98,6 +104,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(body_limits, guard::read_body_in_time))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn_with_state(access.clone(), access::middleware))
         .layer(cors)
@@ -107,21 +114,8 @@ pub fn router(state: AppState) -> Router {
             tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
         }))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(middleware::from_fn(guard::sanitize_request_id))
         .with_state(state)
-}
-
-/// Wraps a bound listener so that every accepted connection has
-/// `TCP_NODELAY` set. SSE sends many small writes (the headers, then one
-/// event per token); with Nagle's algorithm a write waits for the peer's
-/// delayed ACK (about 40 ms on Linux) whenever the previous one is
-/// unacknowledged, which showed up as a 40 ms stall before the `start`
-/// event. Pass the result to `axum::serve`.
-pub fn listener(tcp: tokio::net::TcpListener) -> impl axum::serve::Listener<Addr = std::net::SocketAddr> {
-    axum::serve::ListenerExt::tap_io(tcp, |stream| {
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-    })
 }
 
 /// The router for a separate metrics address (`http.metrics_listen`).

@@ -127,12 +127,13 @@ impl TestApp {
         let mut config = test_config(upstream, &dir);
         tweak(&mut config);
         let db_path = dir.path().join("chatd.db");
+        let limits = chatd::http::serve::ServeLimits::from_config(&config.http);
         let app = App::build_with_tools(config, tools).await.expect("app builds");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let router = app.router;
         tokio::spawn(async move {
-            let _ = axum::serve(chatd::http::listener(listener), router).await;
+            let _ = chatd::http::serve::serve(listener, router, limits, std::future::pending()).await;
         });
         Self {
             base: format!("http://{addr}"),
