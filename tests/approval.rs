@@ -201,3 +201,113 @@ async fn sources_are_streamed_and_stored() {
         ])
     );
 }
+
+#[tokio::test]
+async fn duplicate_tool_call_ids_are_renamed_so_approvals_and_results_map_one_to_one() {
+    let upstream = MockUpstream::start().await;
+    // The model gives three calls the same id in one round, then reuses it
+    // in the next round.
+    upstream.push(mock::tool_reply(
+        &[
+            ("dup", "launch", r#"{"target":"moon"}"#),
+            ("dup", "launch", r#"{"target":"mars"}"#),
+            ("dup", "launch", r#"{"target":"venus"}"#),
+        ],
+        1,
+        1,
+    ));
+    upstream.push(mock::tool_reply(&[("dup", "launch", r#"{"target":"io"}"#)], 1, 1));
+    upstream.push(mock::text_reply(&["ok"], 1, 1));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let app = app(&upstream, runs.clone(), 10_000).await;
+    let mut stream = app.stream_chat(json!({"message": "launch them"})).await;
+    let id = next(&mut stream).await.message_id();
+
+    let mut asked = Vec::new();
+    let mut results = Vec::new();
+    let mut calls = Vec::new();
+    loop {
+        let event = next(&mut stream).await;
+        if event.event == "done" || event.event == "error" {
+            assert_eq!(event.event, "done", "{:?}", event.data);
+            break;
+        }
+        match event.data["type"].as_str() {
+            Some("tool_call") => calls.push(event.data["id"].to_string()),
+            Some("tool_approval") => {
+                let call_id = event.data["id_ref"].as_str().expect("id_ref").to_string();
+                let target: serde_json::Value =
+                    serde_json::from_str(event.data["arguments"].as_str().expect("arguments")).expect("json");
+                asked.push((call_id.clone(), target["target"].as_str().expect("target").to_string()));
+                // Approve the moon, mars and io; decline venus.
+                let approved = target["target"] != "venus";
+                let (status, body) = app
+                    .approve(&id, json!({"tool_call_id": call_id, "approved": approved}))
+                    .await;
+                assert_eq!(status, 200, "{body}");
+            }
+            Some("tool_result") => results.push((
+                event.data["id_ref"].as_str().expect("id_ref").to_string(),
+                event.data["content"].as_str().expect("content").to_string(),
+            )),
+            _ => {}
+        }
+    }
+    let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+        list.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    };
+    assert_eq!(
+        asked,
+        pairs(&[("dup", "moon"), ("dup_2", "mars"), ("dup_3", "venus"), ("dup_4", "io")])
+    );
+    let declined = "Error: the user declined to run this tool call. Do not call it again unless asked.";
+    assert_eq!(
+        results,
+        pairs(&[
+            ("dup", "launched moon"),
+            ("dup_2", "launched mars"),
+            ("dup_3", declined),
+            ("dup_4", "launched io")
+        ])
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 3);
+
+    // The model gets the renamed ids back, each call with its own result.
+    let sent = upstream.received();
+    let second = &sent[1]["messages"];
+    let ids: Vec<&str> = second[1]["tool_calls"]
+        .as_array()
+        .expect("tool_calls")
+        .iter()
+        .map(|c| c["id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(ids, ["dup", "dup_2", "dup_3"]);
+    let answered: Vec<(&str, &str)> = second
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .map(|m| {
+            (
+                m["tool_call_id"].as_str().expect("id"),
+                m["content"].as_str().expect("content"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        answered,
+        [
+            ("dup", "launched moon"),
+            ("dup_2", "launched mars"),
+            ("dup_3", declined)
+        ]
+    );
+    let third = sent[2]["messages"].as_array().expect("messages");
+    let last_calls = third
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "assistant")
+        .expect("assistant");
+    assert_eq!(last_calls["tool_calls"][0]["id"], "dup_4");
+    assert_eq!(third.last().map(|m| m["tool_call_id"].clone()), Some(json!("dup_4")));
+}

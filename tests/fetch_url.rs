@@ -439,3 +439,38 @@ async fn a_slow_body_times_out() {
     );
     assert_eq!(site.hits().get("/slow"), Some(&1));
 }
+
+#[tokio::test]
+async fn ipv6_forms_carrying_a_loopback_ipv4_and_special_ranges_are_refused() {
+    let site = Site::start().await;
+    let page = |host: &str| site.url(host, "/page");
+    let hosts = [
+        ("[2002:7f00:1::]", "2002:7f00:1:: is a loopback address"),
+        (
+            "[2001:0:808:808::80ff:fffe]",
+            "2001:0:808:808::80ff:fffe is a loopback address",
+        ),
+        ("[64:ff9b::7f00:1]", "64:ff9b::7f00:1 is a loopback address"),
+        ("[64:ff9b:1::7f00:1]", "64:ff9b:1::7f00:1 is a loopback address"),
+        ("[::ffff:0:7f00:1]", "::ffff:0:7f00:1 is a loopback address"),
+        ("[::7f00:1]", "::7f00:1 is a loopback address"),
+        ("[100::1]", "100::1 is a reserved address"),
+        ("[2001:db8::1]", "2001:db8::1 is a reserved address"),
+        ("[3fff::1]", "3fff::1 is a reserved address"),
+        ("[fe00::1]", "fe00::1 is a reserved address"),
+        ("192.0.2.1", "192.0.2.1 is a reserved address"),
+        ("198.51.100.1", "198.51.100.1 is a reserved address"),
+        ("203.0.113.1", "203.0.113.1 is a reserved address"),
+    ];
+    let urls: Vec<String> = hosts.iter().map(|(host, _)| page(host)).collect();
+    let refs: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let results = fetch_all(|_| {}, &refs).await;
+    for (result, (_, subject)) in results.iter().zip(&hosts) {
+        assert_failed(
+            result,
+            &format!("Error: refused: {subject}; only public addresses can be fetched"),
+        );
+    }
+    // Refused before connecting: nothing reached the loopback site.
+    assert_eq!(site.hits(), BTreeMap::new());
+}

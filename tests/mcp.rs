@@ -5,7 +5,9 @@
 //!   (`@modelcontextprotocol/server-everything`), both from npm, installed
 //!   by `npm ci --prefix tests/mcp-servers`;
 //! - `tests/mcp-servers/crashy.mjs`, a small stdio server (Node's standard
-//!   library only) that can be told to crash.
+//!   library only) that can be told to crash;
+//! - `tests/mcp-servers/probe.mjs`, another one that reports its working
+//!   directory and fails with long texts.
 //!
 //! Every test that runs a server needs `node`; without it those tests print
 //! a loud notice and pass without checking anything. With `node` present but
@@ -539,4 +541,84 @@ async fn a_streamable_http_server_is_used_and_reconnected_after_it_comes_back() 
     let outcome = run(&registry, "everything__echo", json!({"message": "again"})).await;
     assert_eq!((outcome.content.as_str(), outcome.success), ("Echo: again", true));
     manager.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stdio_server_runs_in_an_empty_directory_of_its_own_and_its_errors_are_cut() {
+    if !node_available("a_stdio_server_runs_in_an_empty_directory_of_its_own_and_its_errors_are_cut") {
+        return;
+    }
+    let upstream = MockUpstream::start().await;
+    upstream.push(mock::tool_reply(
+        &[
+            ("P1", "probe__cwd", "{}"),
+            ("P2", "probe__fail_long", r#"{"bytes":5000}"#),
+        ],
+        1,
+        1,
+    ));
+    upstream.push(mock::text_reply(&["ok"], 1, 1));
+    let app = TestApp::start_tweaked(&upstream.base_url, |c| {
+        c.tools.max_output_bytes = 200;
+        for tool in ["probe__cwd", "probe__fail_long"] {
+            c.tools.approval.insert(tool.into(), Approval::Auto);
+        }
+    })
+    .await;
+    let registry = app.chat.tool_registry().clone();
+    let probe = stdio_server("probe", vec![format!("{SERVERS_DIR}/probe.mjs")]);
+    let manager = start_mcp(&[probe], registry.clone()).await;
+    wait_status(&registry, "probe", "connected").await;
+
+    let events = app.chat(json!({"message": "where are you?"})).await;
+    assert_eq!(events.last().map(|e| e.event.as_str()), Some("done"), "{events:#?}");
+    let result = |id: &str| {
+        events
+            .iter()
+            .find(|e| e.data["type"] == "tool_result" && e.data["id_ref"] == id)
+            .map(|e| {
+                (
+                    e.data["content"].as_str().unwrap_or("").to_string(),
+                    e.data["success"] == true,
+                )
+            })
+            .unwrap_or_else(|| panic!("no result for {id}: {events:#?}"))
+    };
+
+    // Not chatd's working directory (next to its database): an empty one of
+    // its own below the temp dir.
+    let (cwd, ok) = result("P1");
+    assert!(ok, "{cwd}");
+    let cwd: Value = serde_json::from_str(&cwd).expect("cwd JSON");
+    let dir = PathBuf::from(cwd["cwd"].as_str().expect("cwd"));
+    let ours = std::env::current_dir().expect("current dir");
+    assert_ne!(dir, ours);
+    let temp = std::env::temp_dir().canonicalize().expect("temp dir");
+    assert!(
+        dir.canonicalize().is_ok_and(|d| d.starts_with(&temp)),
+        "{dir:?} below {temp:?}"
+    );
+    assert!(
+        dir.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("chatd-mcp-probe-")),
+        "{dir:?}"
+    );
+    assert_eq!(cwd["entries"], json!([]));
+    assert!(dir.is_dir());
+
+    // The error text is cut to tools.max_output_bytes like a success.
+    let (failed, ok) = result("P2");
+    assert!(!ok);
+    assert_eq!(
+        failed,
+        format!(
+            "Error: {}\n[output truncated: 200 of 5007 bytes shown]",
+            "x".repeat(193)
+        )
+    );
+
+    // The directory goes away with the server.
+    manager.shutdown().await;
+    assert!(!dir.exists(), "{dir:?} removed when the server stopped");
 }

@@ -716,3 +716,131 @@ async fn the_index_follows_writes_and_the_disk() {
             .expect("documents");
     assert_eq!(rows, [("giraffe.txt".to_string(), "Giraffes are tall.".to_string())]);
 }
+
+#[tokio::test]
+async fn internal_names_every_file_and_every_project_count_toward_the_quotas() {
+    let f = Fixture::start(|c| {
+        c.tools.max_file_bytes = 1000;
+        c.tools.workspace_quota_bytes = 2500;
+        c.tools.workspace_total_quota_bytes = 4000;
+        c.tools.approval.insert("write_file".into(), Approval::Auto);
+    })
+    .await;
+    let ws = f.workspace();
+    std::fs::write(ws.join("a.txt"), "a".repeat(1000)).expect("write");
+    // A temporary file left behind (say, by a crash) still takes space.
+    std::fs::write(ws.join(".chatd-tmp-stale"), "t".repeat(900)).expect("write");
+    let other = f.root.path().join("other");
+    std::fs::create_dir_all(&other).expect("mkdir");
+    std::fs::write(other.join("b.txt"), "b".repeat(1500)).expect("write");
+
+    let events = f
+        .run(
+            Some(PROJECT),
+            &[&[
+                (
+                    "t_write",
+                    "write_file",
+                    json!({"path": ".chatd-tmp-evil", "content": "hidden"}),
+                ),
+                (
+                    "t_write_deep",
+                    "write_file",
+                    json!({"path": "sub/.chatd-tmp-x/y.txt", "content": "hidden"}),
+                ),
+                ("t_read", "read_file", json!({"path": ".chatd-tmp-stale"})),
+                ("t_list", "list_files", json!({"path": "./.chatd-tmp-stale"})),
+                (
+                    "t_search",
+                    "search_files",
+                    json!({"pattern": "t", "path": ".chatd-tmp-stale"}),
+                ),
+                (
+                    "q_project",
+                    "write_file",
+                    json!({"path": "p.txt", "content": "p".repeat(700)}),
+                ),
+            ]],
+        )
+        .await;
+    let reserved = |path: &str| {
+        format!(
+            "Error: invalid arguments: the path {path:?} has a name starting with \".chatd-tmp-\", which chatd keeps \
+             for its own temporary files; choose another name"
+        )
+    };
+    assert_refused(&events, "t_write", &reserved(".chatd-tmp-evil"));
+    assert_refused(&events, "t_write_deep", &reserved("sub/.chatd-tmp-x/y.txt"));
+    assert_refused(&events, "t_read", &reserved(".chatd-tmp-stale"));
+    assert_refused(&events, "t_list", &reserved("./.chatd-tmp-stale"));
+    assert_refused(&events, "t_search", &reserved(".chatd-tmp-stale"));
+    // The stale temporary file counts: 1000 + 900 used.
+    assert_refused(
+        &events,
+        "q_project",
+        "Error: writing 700 bytes to \"p.txt\" would bring the workspace to 2600 bytes, over its quota of 2500 \
+         bytes (1900 bytes are used now); write less, or ask the user to free space",
+    );
+    assert_eq!(tree(&ws), [".chatd-tmp-stale", "a.txt"]);
+
+    // A new project id brings no fresh quota: 1900 + 1500 bytes are used
+    // across the projects.
+    let events = f
+        .run(
+            Some("new-1"),
+            &[
+                &[(
+                    "n_big",
+                    "write_file",
+                    json!({"path": "big.txt", "content": "n".repeat(1000)}),
+                )],
+                &[(
+                    "n_small",
+                    "write_file",
+                    json!({"path": "small.txt", "content": "n".repeat(500)}),
+                )],
+            ],
+        )
+        .await;
+    assert_refused(
+        &events,
+        "n_big",
+        "Error: writing 1000 bytes to \"big.txt\" would bring all project workspaces together to 4400 bytes, over \
+         their total quota of 4000 bytes (3400 bytes are used now); write less, or ask the user to free space in \
+         this or another project",
+    );
+    assert_ok(&events, "n_small", "Wrote 500 bytes to small.txt (new file).");
+    assert_eq!(tree(&f.root.path().join("new-1")), ["small.txt"]);
+
+    // Read-only tools in a project never written to create nothing.
+    let events = f
+        .run(
+            Some("new-2"),
+            &[&[
+                ("r_list", "list_files", json!({})),
+                ("r_list_sub", "list_files", json!({"path": "docs"})),
+                ("r_read", "read_file", json!({"path": "a.txt"})),
+                ("r_search", "search_files", json!({"pattern": "n"})),
+                ("r_docs", "search_documents", json!({"query": "anything"})),
+            ]],
+        )
+        .await;
+    assert_ok(&events, "r_list", "The directory \".\" is empty.");
+    assert_refused(
+        &events,
+        "r_list_sub",
+        "Error: \"docs\" does not exist in the workspace; use list_files to see what is there",
+    );
+    assert_refused(
+        &events,
+        "r_read",
+        "Error: \"a.txt\" does not exist in the workspace; use list_files to see what is there",
+    );
+    assert_ok(&events, "r_search", "No lines contain \"n\" in \".\".");
+    assert_ok(
+        &events,
+        "r_docs",
+        "No documents in this project's workspace match \"anything\".",
+    );
+    assert!(!f.root.path().join("new-2").exists(), "no directory for new-2");
+}

@@ -2,8 +2,12 @@
 //!
 //! Servers differ: OpenAI sends the id and name in the first piece and only
 //! `index` + argument text after; some repeat the id in every piece; some
-//! send no id or no index at all. Pieces are matched by id, then by index,
-//! then to the latest call; calls still without an id get `call_<uuid>`.
+//! send no id or no index at all. Pieces are matched by id (at the same
+//! index), then by index, then to the latest call; calls still without an id
+//! get `call_<uuid>`. Some models give two calls the same id:
+//! [`make_ids_unique`] renames the later ones before anything is keyed by id.
+
+use std::collections::HashSet;
 
 use crate::llm::{FunctionCall, ToolCall, ToolCallDelta};
 
@@ -57,8 +61,14 @@ impl ToolCallAssembler {
     }
 
     fn find(&self, id: Option<&str>, index: Option<u32>, has_name: bool) -> Option<usize> {
+        // The same id at another index is another call (a model reusing an
+        // id), not more of this one.
+        let same_slot = |c: &Partial| !matches!((c.index, index), (Some(a), Some(b)) if a != b);
         if let Some(id) = id
-            && let Some(i) = self.calls.iter().position(|c| c.id.as_deref() == Some(id))
+            && let Some(i) = self
+                .calls
+                .iter()
+                .rposition(|c| c.id.as_deref() == Some(id) && same_slot(c))
         {
             return Some(i);
         }
@@ -92,6 +102,27 @@ impl ToolCallAssembler {
                 },
             })
             .collect()
+    }
+}
+
+/// Renames the calls whose id is already in `taken` (an earlier call of the
+/// reply, or of this round) to `<id>_<n>`, the smallest `n >= 2` that is
+/// neither taken nor the id of another call of `calls`, and adds every
+/// resulting id to `taken`. Deterministic: the first call keeps its id, the
+/// second of the same id becomes `<id>_2`, and so on, so approvals, tool
+/// results and the tool messages sent back map one-to-one to the calls.
+pub fn make_ids_unique(calls: &mut [ToolCall], taken: &mut HashSet<String>) {
+    let original: HashSet<String> = calls.iter().map(|c| c.id.clone()).collect();
+    for call in calls.iter_mut() {
+        if taken.contains(&call.id) {
+            let free = (2u64..)
+                .map(|n| format!("{}_{n}", call.id))
+                .find(|candidate| !taken.contains(candidate) && !original.contains(candidate));
+            if let Some(free) = free {
+                call.id = free;
+            }
+        }
+        taken.insert(call.id.clone());
     }
 }
 
@@ -149,5 +180,48 @@ mod tests {
             (calls[0].function.name.as_str(), calls[0].function.arguments.as_str()),
             ("calculator", "{}")
         );
+    }
+
+    #[test]
+    fn a_reused_id_at_another_index_is_another_call() {
+        let mut a = ToolCallAssembler::default();
+        a.push(&piece(Some(0), Some("dup"), Some("calculator"), ""));
+        a.push(&piece(Some(0), None, None, "{\"expression\":\"1\"}"));
+        a.push(&piece(Some(1), Some("dup"), Some("get_current_time"), ""));
+        a.push(&piece(Some(1), Some("dup"), None, "{}"));
+        let calls = a.finish();
+        let got: Vec<(&str, &str, &str)> = calls
+            .iter()
+            .map(|c| (c.id.as_str(), c.function.name.as_str(), c.function.arguments.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("dup", "calculator", "{\"expression\":\"1\"}"),
+                ("dup", "get_current_time", "{}")
+            ]
+        );
+    }
+
+    #[test]
+    fn duplicate_ids_are_renamed_deterministically() {
+        let call = |id: &str| ToolCall {
+            id: id.into(),
+            kind: "function".into(),
+            function: FunctionCall {
+                name: "calculator".into(),
+                arguments: "{}".into(),
+            },
+        };
+        let mut taken = HashSet::new();
+        let mut round = vec![call("a"), call("a"), call("b"), call("a"), call("a_2")];
+        make_ids_unique(&mut round, &mut taken);
+        let ids: Vec<&str> = round.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["a", "a_3", "b", "a_4", "a_2"]);
+        // A later round of the same reply reusing ids is renamed too.
+        let mut next = vec![call("b"), call("c")];
+        make_ids_unique(&mut next, &mut taken);
+        let ids: Vec<&str> = next.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["b_2", "c"]);
     }
 }

@@ -31,8 +31,13 @@ pub struct ToolsConfig {
     /// writes, and that the document index reads.
     pub max_file_bytes: u64,
     /// Most bytes a project workspace may hold; a write that would pass it
-    /// is refused.
+    /// is refused. Every regular file counts.
     pub workspace_quota_bytes: u64,
+    /// Most bytes all project workspaces together (everything below
+    /// `workspace_root`) may hold; a write that would pass it is refused,
+    /// whichever project it is for. Without it each new project id would be
+    /// a fresh quota. Applies on top of `workspace_quota_bytes`.
+    pub workspace_total_quota_bytes: u64,
     /// `fetch_url` limits.
     pub fetch: FetchConfig,
 }
@@ -105,6 +110,7 @@ impl Default for ToolsConfig {
             approval_timeout_ms: 300_000,
             max_file_bytes: 1024 * 1024,
             workspace_quota_bytes: 100 * 1024 * 1024,
+            workspace_total_quota_bytes: 1024 * 1024 * 1024,
             fetch: FetchConfig::default(),
         }
     }

@@ -21,7 +21,8 @@ pub struct Limits {
     pub timeout: Duration,
     /// Most calls running at once.
     pub concurrency: usize,
-    /// Longest result text in bytes (longer is cut and marked).
+    /// Longest result text in bytes, for successes and error texts alike
+    /// (longer is cut on a character boundary and marked).
     pub max_output_bytes: usize,
 }
 
@@ -60,7 +61,7 @@ pub fn run_calls(
                 let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
                 let (content, success, sources) = match result {
                     Ok(out) => (cut(out.content, limits.max_output_bytes), true, out.sources),
-                    Err(text) => (text, false, Vec::new()),
+                    Err(text) => (cut(text, limits.max_output_bytes), false, Vec::new()),
                 };
                 (
                     i,
@@ -226,6 +227,57 @@ mod tests {
             out[4].success && out[4].content.contains("\"timezone\":\"UTC\""),
             "{}",
             out[4].content
+        );
+    }
+
+    /// `shouts`: fails with a 5,000-byte error text.
+    struct Shouts;
+
+    impl crate::tools::Tool for Shouts {
+        fn name(&self) -> &str {
+            "shouts"
+        }
+        fn description(&self) -> &str {
+            "Fails loudly."
+        }
+        fn parameters(&self) -> Value {
+            serde_json::json!({"type": "object"})
+        }
+        fn call(
+            &self,
+            _: ToolContext,
+            _: Value,
+        ) -> futures::future::BoxFuture<'static, Result<ToolOutput, crate::tools::ToolError>> {
+            Box::pin(async { Err(crate::tools::ToolError::Failed("é".repeat(2_500))) })
+        }
+    }
+
+    #[tokio::test]
+    async fn error_texts_are_cut_like_results() {
+        let registry = ToolRegistry::new();
+        registry.register(Arc::new(Shouts)).expect("register");
+        let registry = Arc::new(registry);
+        let enabled = Arc::new(registry.names());
+        let limits = Limits {
+            timeout: Duration::from_secs(5),
+            concurrency: 1,
+            max_output_bytes: 100,
+        };
+        let out: Vec<ToolOutcome> = run_calls(
+            registry,
+            enabled,
+            ToolContext::detached(),
+            vec![call("shouts", "{}")],
+            limits,
+        )
+        .map(|(_, o)| o)
+        .collect()
+        .await;
+        assert!(!out[0].success);
+        let shown = format!("Error: {}", "é".repeat(46));
+        assert_eq!(
+            out[0].content,
+            format!("{shown}\n[output truncated: 99 of 5007 bytes shown]")
         );
     }
 

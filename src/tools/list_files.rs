@@ -58,8 +58,15 @@ impl Tool for ListFiles {
 
 /// The listing text. Blocking.
 fn list(ctx: &ToolContext, user: &str, recursive: bool) -> Result<String, ToolError> {
-    let root = workspace::open_workspace(ctx)?;
+    let found = workspace::find_workspace(ctx)?;
     let rel = workspace::relative_path(user)?;
+    let Some(root) = found else {
+        // Nothing was ever written: an empty workspace, not created by a read.
+        if rel.as_os_str().is_empty() {
+            return Ok(format!("The directory {user:?} is empty."));
+        }
+        return Err(workspace::PathError::NotFound(user.to_string()).into());
+    };
     let dir = workspace::resolve_existing(&root, &rel, user)?;
     if !dir.is_dir() {
         return Err(ToolError::InvalidArguments(format!(

@@ -11,6 +11,7 @@ pub mod executor;
 mod fetch_url;
 pub mod list_files;
 pub mod mcp;
+pub mod quota;
 pub mod read_file;
 pub mod search_documents;
 pub mod search_files;

@@ -48,8 +48,9 @@ impl Tool for ReadFile {
 
 /// The file's text. Blocking.
 fn read(ctx: &ToolContext, user: &str) -> Result<String, ToolError> {
-    let root = workspace::open_workspace(ctx)?;
+    let found = workspace::find_workspace(ctx)?;
     let rel = workspace::relative_file_path(user)?;
+    let root = found.ok_or_else(|| workspace::PathError::NotFound(user.to_string()))?;
     let path = workspace::resolve_existing(&root, &rel, user)?;
     let failed = |e: std::io::Error| ToolError::Failed(format!("could not read {user:?}: {e}"));
     let meta = std::fs::metadata(&path).map_err(failed)?;

@@ -85,7 +85,11 @@ async fn search(ctx: ToolContext, query: &str, limit: u32) -> Result<ToolOutput,
         .clone()
         .ok_or_else(|| ToolError::Failed("the document index is not available here".into()))?;
     let max_file_bytes = ctx.config.max_file_bytes;
-    let root = blocking(move || workspace::open_workspace(&ctx).map_err(ToolError::from)).await?;
+    let found = blocking(move || workspace::find_workspace(&ctx).map_err(ToolError::from)).await?;
+    let Some(root) = found else {
+        // Nothing was ever written: no documents, and no directory created.
+        return Ok(render(query, &[], false));
+    };
     documents::rescan(store.as_ref(), &project, &root, max_file_bytes)
         .await
         .map_err(|e| ToolError::Failed(e.to_string()))?;

@@ -67,13 +67,20 @@ impl Tool for SearchFiles {
 
 /// The matches text. Blocking.
 fn search(ctx: &ToolContext, pattern: &str, user: &str) -> Result<String, ToolError> {
-    let root = workspace::open_workspace(ctx)?;
+    let found = workspace::find_workspace(ctx)?;
     if pattern.is_empty() {
         return Err(ToolError::InvalidArguments(
             "the pattern is empty; give the text to look for".into(),
         ));
     }
     let rel = workspace::relative_path(user)?;
+    let Some(root) = found else {
+        // Nothing was ever written: an empty workspace, not created by a read.
+        if rel.as_os_str().is_empty() {
+            return Ok(format!("No lines contain {pattern:?} in {user:?}."));
+        }
+        return Err(workspace::PathError::NotFound(user.to_string()).into());
+    };
     let target = workspace::resolve_existing(&root, &rel, user)?;
     let files: Vec<(String, std::path::PathBuf)> = if target.is_dir() {
         let (entries, _) = workspace::walk(&root, &target, true, usize::MAX)?;

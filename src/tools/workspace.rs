@@ -4,11 +4,16 @@
 //! ([`ToolContext::workspace`]). Every path the model gives is relative to
 //! that directory and is checked twice:
 //!
-//! 1. lexically ([`relative_path`]): no NUL, not absolute, no `..`;
+//! 1. lexically ([`relative_path`]): no NUL, not absolute, no `..`, no
+//!    component that starts with chatd's internal [`TEMP_PREFIX`];
 //! 2. on disk ([`resolve_existing`], [`resolve_for_write`]): the path is
 //!    canonicalized (following every symbolic link, the last component
 //!    included) and must still lie inside the canonical workspace. For a file
 //!    that does not exist yet, its deepest existing ancestor is checked.
+//!
+//! Only `write_file` creates the workspace directory ([`open_workspace`]);
+//! the read-only tools look for it ([`find_workspace`]) and treat a missing
+//! one as empty.
 //!
 //! The checks and the walk use blocking `std::fs` calls; the tools run them
 //! through [`blocking`] (`spawn_blocking`) so the async runtime never waits
@@ -47,6 +52,13 @@ pub enum PathError {
         "the path {0:?} contains \"..\"; paths must stay inside the workspace, so give one relative to the workspace root without \"..\""
     )]
     ParentDir(String),
+    /// A component of the path starts with [`TEMP_PREFIX`], which chatd keeps
+    /// for its own temporary files (hidden from listings and not indexed).
+    #[error(
+        "the path {0:?} has a name starting with \".chatd-tmp-\", which chatd keeps for its own temporary files; \
+         choose another name"
+    )]
+    Reserved(String),
     /// Following a symbolic link on the path leads outside the workspace.
     #[error(
         "the path {0:?} leads outside the workspace through a symbolic link; only files inside the workspace can be used"
@@ -78,6 +90,7 @@ impl From<PathError> for ToolError {
             | PathError::Nul(_)
             | PathError::Absolute(_)
             | PathError::ParentDir(_)
+            | PathError::Reserved(_)
             | PathError::Escapes(_)
             | PathError::BrokenLink(_) => ToolError::InvalidArguments(e.to_string()),
             PathError::NoProject | PathError::NotFound(_) | PathError::NotADirectory(_) | PathError::Io { .. } => {
@@ -109,9 +122,26 @@ pub fn open_workspace(ctx: &ToolContext) -> Result<PathBuf, PathError> {
     dir.canonicalize().map_err(io)
 }
 
+/// The canonical workspace directory of the conversation's project, or
+/// `None` when it does not exist yet (nothing was ever written there); never
+/// creates it. Errors: [`PathError::NoProject`] without a project, `Io` when
+/// it cannot be resolved. Blocking.
+pub fn find_workspace(ctx: &ToolContext) -> Result<Option<PathBuf>, PathError> {
+    let dir = ctx.workspace.as_deref().ok_or(PathError::NoProject)?;
+    match dir.canonicalize() {
+        Ok(canon) => Ok(Some(canon)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(PathError::Io {
+            path: "the workspace".into(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
 /// Checks a user path lexically and returns it relative, without `.`
 /// components (empty for the workspace root). Refuses NUL characters,
-/// absolute paths and `..` components.
+/// absolute paths, `..` components and names starting with [`TEMP_PREFIX`]
+/// ([`PathError::Reserved`]).
 pub fn relative_path(user: &str) -> Result<PathBuf, PathError> {
     if user.contains('\0') {
         return Err(PathError::Nul(user.to_string()));
@@ -122,6 +152,9 @@ pub fn relative_path(user: &str) -> Result<PathBuf, PathError> {
             Component::Prefix(_) | Component::RootDir => return Err(PathError::Absolute(user.to_string())),
             Component::ParentDir => return Err(PathError::ParentDir(user.to_string())),
             Component::CurDir => {}
+            Component::Normal(part) if is_temp_name(&part.to_string_lossy()) => {
+                return Err(PathError::Reserved(user.to_string()));
+            }
             Component::Normal(part) => out.push(part),
         }
     }
@@ -373,152 +406,4 @@ pub async fn blocking<T: Send + 'static>(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::symlink;
-
-    /// A workspace with `a.txt`, `sub/b.txt`, and an outside dir with
-    /// `secret.txt`; returns (tempdir guard, canonical workspace, outside).
-    fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let ws = tmp.path().join("ws");
-        let outside = tmp.path().join("outside");
-        std::fs::create_dir_all(ws.join("sub")).expect("mkdir");
-        std::fs::create_dir_all(&outside).expect("mkdir");
-        std::fs::write(ws.join("a.txt"), "a").expect("write");
-        std::fs::write(ws.join("sub/b.txt"), "b").expect("write");
-        std::fs::write(outside.join("secret.txt"), "s").expect("write");
-        let ws = ws.canonicalize().expect("canon");
-        let outside = outside.canonicalize().expect("canon");
-        (tmp, ws, outside)
-    }
-
-    fn existing(root: &Path, user: &str) -> Result<PathBuf, PathError> {
-        resolve_existing(root, &relative_path(user)?, user)
-    }
-
-    fn for_write(root: &Path, user: &str) -> Result<PathBuf, PathError> {
-        resolve_for_write(root, &relative_file_path(user)?, user)
-    }
-
-    #[test]
-    fn lexical_checks() {
-        assert_eq!(relative_path("a/./b.txt"), Ok(PathBuf::from("a/b.txt")));
-        assert_eq!(relative_path("."), Ok(PathBuf::new()));
-        assert_eq!(relative_path(""), Ok(PathBuf::new()));
-        assert_eq!(relative_path("dir/"), Ok(PathBuf::from("dir")));
-        assert_eq!(relative_path("../x"), Err(PathError::ParentDir("../x".into())));
-        assert_eq!(relative_path("a/../b"), Err(PathError::ParentDir("a/../b".into())));
-        assert_eq!(
-            relative_path("/etc/passwd"),
-            Err(PathError::Absolute("/etc/passwd".into()))
-        );
-        assert_eq!(relative_path("a\0b"), Err(PathError::Nul("a\0b".into())));
-        assert_eq!(relative_file_path("./"), Err(PathError::Empty));
-        // Dots inside names are fine.
-        assert_eq!(relative_path("..hidden/x..y"), Ok(PathBuf::from("..hidden/x..y")));
-    }
-
-    #[test]
-    fn existing_paths_stay_inside() {
-        let (_tmp, ws, outside) = setup();
-        assert_eq!(existing(&ws, "a.txt"), Ok(ws.join("a.txt")));
-        assert_eq!(existing(&ws, "./sub/b.txt"), Ok(ws.join("sub/b.txt")));
-        assert_eq!(existing(&ws, "."), Ok(ws.clone()));
-        assert_eq!(existing(&ws, "nope.txt"), Err(PathError::NotFound("nope.txt".into())));
-        assert_eq!(
-            existing(&ws, "a.txt/x"),
-            Err(PathError::NotADirectory("a.txt/x".into()))
-        );
-
-        symlink(outside.join("secret.txt"), ws.join("leak")).expect("symlink");
-        symlink(&outside, ws.join("leakdir")).expect("symlink");
-        symlink(ws.join("a.txt"), ws.join("alias")).expect("symlink");
-        symlink(ws.join("missing"), ws.join("dangling")).expect("symlink");
-        assert_eq!(existing(&ws, "leak"), Err(PathError::Escapes("leak".into())));
-        assert_eq!(
-            existing(&ws, "leakdir/secret.txt"),
-            Err(PathError::Escapes("leakdir/secret.txt".into()))
-        );
-        assert_eq!(existing(&ws, "leakdir"), Err(PathError::Escapes("leakdir".into())));
-        // A link that stays inside resolves to its target.
-        assert_eq!(existing(&ws, "alias"), Ok(ws.join("a.txt")));
-        assert_eq!(existing(&ws, "dangling"), Err(PathError::BrokenLink("dangling".into())));
-    }
-
-    #[test]
-    fn write_targets_stay_inside() {
-        let (_tmp, ws, outside) = setup();
-        assert_eq!(for_write(&ws, "new.txt"), Ok(ws.join("new.txt")));
-        assert_eq!(for_write(&ws, "x/y/z.txt"), Ok(ws.join("x/y/z.txt")));
-        assert_eq!(for_write(&ws, "sub/b.txt"), Ok(ws.join("sub/b.txt")));
-        assert_eq!(
-            for_write(&ws, "a.txt/c"),
-            Err(PathError::NotADirectory("a.txt/c".into()))
-        );
-        assert_eq!(for_write(&ws, ""), Err(PathError::Empty));
-
-        symlink(&outside, ws.join("leakdir")).expect("symlink");
-        symlink(outside.join("secret.txt"), ws.join("leak")).expect("symlink");
-        symlink(outside.join("not-yet.txt"), ws.join("dangling-out")).expect("symlink");
-        symlink(ws.join("sub"), ws.join("subalias")).expect("symlink");
-        assert_eq!(
-            for_write(&ws, "leakdir/new.txt"),
-            Err(PathError::Escapes("leakdir/new.txt".into()))
-        );
-        assert_eq!(
-            for_write(&ws, "leakdir/deep/new.txt"),
-            Err(PathError::Escapes("leakdir/deep/new.txt".into()))
-        );
-        assert_eq!(for_write(&ws, "leak"), Err(PathError::Escapes("leak".into())));
-        // A dangling link would create a file wherever it points: refused.
-        assert_eq!(
-            for_write(&ws, "dangling-out"),
-            Err(PathError::BrokenLink("dangling-out".into()))
-        );
-        assert_eq!(for_write(&ws, "subalias/c.txt"), Ok(ws.join("sub/c.txt")));
-    }
-
-    #[test]
-    fn no_project_is_refused() {
-        assert_eq!(open_workspace(&ToolContext::detached()), Err(PathError::NoProject));
-        let err: ToolError = PathError::NoProject.into();
-        assert!(err.to_string().starts_with("this conversation has no project"), "{err}");
-    }
-
-    #[test]
-    fn open_workspace_creates_the_directory() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let mut ctx = ToolContext::detached();
-        ctx.workspace = Some(tmp.path().join("root/p1"));
-        let ws = open_workspace(&ctx).expect("opens");
-        assert!(ws.is_dir());
-        assert!(ws.is_absolute());
-    }
-
-    #[test]
-    fn walk_lists_without_following_links() {
-        let (_tmp, ws, outside) = setup();
-        symlink(&outside, ws.join("leakdir")).expect("symlink");
-        std::fs::write(ws.join(format!("{TEMP_PREFIX}x")), "t").expect("write");
-        let (flat, cut) = walk(&ws, &ws, false, 100).expect("walk");
-        assert!(!cut);
-        let names: Vec<(&str, EntryKind)> = flat.iter().map(|e| (e.path.as_str(), e.kind)).collect();
-        assert_eq!(
-            names,
-            [
-                ("a.txt", EntryKind::File),
-                ("leakdir", EntryKind::Symlink),
-                ("sub", EntryKind::Dir)
-            ]
-        );
-        let (deep, _) = walk(&ws, &ws, true, 100).expect("walk");
-        let names: Vec<&str> = deep.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(names, ["a.txt", "leakdir", "sub", "sub/b.txt"]);
-        let (cut_list, cut) = walk(&ws, &ws, true, 2).expect("walk");
-        assert!(cut);
-        assert_eq!(cut_list.len(), 2);
-        let files: Vec<String> = all_files(&ws).expect("files").into_iter().map(|e| e.path).collect();
-        assert_eq!(files, ["a.txt", "sub/b.txt"]);
-    }
-}
+mod tests;

@@ -7,16 +7,18 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
-use super::documents;
 use super::workspace::{self, blocking};
 use super::{Approval, Tool, ToolContext, ToolError, ToolOutput};
+use super::{documents, quota};
 use crate::store::FileStamp;
 
 /// Writes a file atomically (a temporary file in the same directory, then a
 /// rename), creating missing parent directories, and updates the document
-/// index. Refuses content over `tools.max_file_bytes` and writes that would
-/// bring the workspace past `tools.workspace_quota_bytes`. Asks for approval
-/// by default.
+/// index. Refuses content over `tools.max_file_bytes`, writes that would
+/// bring the project workspace past `tools.workspace_quota_bytes` or all
+/// workspaces together past `tools.workspace_total_quota_bytes` (see
+/// [`quota`]), and paths with chatd's internal names. Asks for approval by
+/// default.
 pub struct WriteFile;
 
 impl Tool for WriteFile {
@@ -100,8 +102,10 @@ struct Written {
 
 /// Checks and writes; returns the content back for indexing. Blocking.
 fn write(ctx: &ToolContext, user: &str, content: String) -> Result<(Written, String), ToolError> {
-    let root = workspace::open_workspace(ctx)?;
+    // Lexical checks first: a refused path creates no workspace directory.
     let rel = workspace::relative_file_path(user)?;
+    let _quota_lock = quota::write_lock();
+    let root = workspace::open_workspace(ctx)?;
     let len = content.len() as u64;
     let max = ctx.config.max_file_bytes;
     if len > max {
@@ -123,15 +127,18 @@ fn write(ctx: &ToolContext, user: &str, content: String) -> Result<(Written, Str
         Err(_) => None,
     };
     let old_size = previous.as_ref().map_or(0, std::fs::Metadata::len);
-    let used: u64 = workspace::all_files(&root)?.iter().map(|e| e.size).sum();
-    let after = used.saturating_sub(old_size).saturating_add(len);
-    let quota = ctx.config.workspace_quota_bytes;
-    if after > quota {
-        return Err(ToolError::Failed(format!(
-            "writing {len} bytes to {user:?} would bring the workspace to {after} bytes, over its quota of \
-             {quota} bytes ({used} bytes are used now); write less, or ask the user to free space"
-        )));
-    }
+    // The workspace root is the parent of every project's workspace.
+    let all = root.parent().unwrap_or(&root);
+    let limits = &ctx.config;
+    quota::check(
+        all,
+        &root,
+        user,
+        len,
+        old_size,
+        limits.workspace_quota_bytes,
+        limits.workspace_total_quota_bytes,
+    )?;
 
     let failed = |e: std::io::Error| ToolError::Failed(format!("could not write {user:?}: {e}"));
     let parent = target.parent().unwrap_or(&root);

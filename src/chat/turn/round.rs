@@ -7,7 +7,7 @@ use futures::stream::BoxStream;
 use serde_json::{Map, json};
 
 use super::{Begin, Generation, Round, Stop};
-use crate::chat::assemble::ToolCallAssembler;
+use crate::chat::assemble::{ToolCallAssembler, make_ids_unique};
 use crate::chat::history;
 use crate::chat::steps::StepRecorder;
 use crate::chat::think::{Piece, ThinkSplitter};
@@ -48,16 +48,23 @@ impl Generation {
     ) -> Result<String, Stop> {
         let max_rounds = self.deps.config.chat.max_iterations;
         let tools = self.tool_definitions();
+        // Every tool-call id of this reply so far: approvals, results and the
+        // tool messages are keyed by id, so a reused id is renamed first.
+        let mut call_ids = std::collections::HashSet::new();
 
         for round in 0..max_rounds {
             rec.next_round(round);
             let mut request = self.request(std::mem::take(messages), tools.clone(), round);
             let outcome = self.stream_round(&request, rec, usage, begin.take()).await;
             *messages = std::mem::take(&mut request.messages);
-            let Round { calls, finish_reason } = outcome?;
+            let Round {
+                mut calls,
+                finish_reason,
+            } = outcome?;
             if calls.is_empty() {
                 return Ok(finish_reason.unwrap_or_else(|| "stop".to_string()));
             }
+            make_ids_unique(&mut calls, &mut call_ids);
             for call in &calls {
                 let event = rec.tool_call(call);
                 self.emit(rec, event);

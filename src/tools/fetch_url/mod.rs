@@ -1,8 +1,9 @@
 //! `fetch_url`: fetches a web page over HTTP(S) and returns it as text.
 //!
 //! The fetch is guarded against server-side request forgery: the host is
-//! resolved first and refused when any of its addresses is not public
-//! (loopback, private, link-local, metadata, ...; see [`guard::classify`]),
+//! resolved first and refused when any of its addresses is not public (only
+//! global unicast; IPv6 forms that carry an IPv4 address are judged by it;
+//! see [`guard::classify`]),
 //! unless the host is listed in `tools.fetch.allow_hosts`. The connection is
 //! then pinned to exactly the addresses that were checked, so a DNS answer
 //! that changes between the check and the connect cannot bypass it. Redirects
@@ -17,7 +18,7 @@
 //!
 //! - this file: the [`FetchUrl`] tool and the [`fetch_url`] entry (argument,
 //!   overall timeout);
-//! - [`guard`]: the SSRF guard ([`guard::AddressClass`], [`guard::classify`],
+//! - [`guard`]: the SSRF guard ([`guard::classify`] and its address classes,
 //!   the allow list, resolving and pinning a hop's host);
 //! - [`fetch`]: the HTTP side (URL argument, per-hop clients, redirects,
 //!   content types, the size limit);

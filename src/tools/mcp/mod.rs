@@ -44,6 +44,7 @@ mod content;
 mod manager;
 mod proxy;
 mod rmcp_client;
+mod workdir;
 
 use std::sync::Arc;
 use std::time::Duration;

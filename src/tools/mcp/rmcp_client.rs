@@ -5,7 +5,10 @@
 //!   piped for JSON-RPC and stderr piped into chatd's log (debug level; the
 //!   last line is kept to say why a process stopped). Like the reference MCP
 //!   clients, the child does not inherit chatd's whole environment (which
-//!   holds API keys): only [`INHERITED_ENV`], plus the server's `env`;
+//!   holds API keys): only [`INHERITED_ENV`], plus the server's `env`. It
+//!   does not inherit chatd's working directory either (next to the
+//!   database): it starts in an empty [`WorkDir`] of its own, removed when
+//!   the session ends;
 //! - streamable HTTP: `url`, with `headers` sent on every request.
 
 use std::collections::{HashMap, VecDeque};
@@ -31,6 +34,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::connection::{CallOutcome, Connector, McpConnection, McpToolSpec};
+use super::workdir::WorkDir;
 use super::{McpError, validate_server};
 use crate::config::McpServerConfig;
 
@@ -130,9 +134,18 @@ async fn connect(server: &McpServerConfig) -> Result<RmcpConnection, McpError> {
     };
     let stop = CancellationToken::new();
     let stderr = StderrTail::default();
+    let mut workdir = None;
     let service = if let Some(command) = &server.command {
+        let dir = WorkDir::create(&server.name).map_err(|source| McpError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
         let mut cmd = tokio::process::Command::new(command);
-        cmd.args(&server.args).env_clear().kill_on_drop(true);
+        cmd.args(&server.args)
+            .current_dir(dir.path())
+            .env_clear()
+            .kill_on_drop(true);
+        workdir = Some(dir);
         for key in INHERITED_ENV {
             if let Some(value) = std::env::var_os(key) {
                 cmd.env(key, value);
@@ -168,7 +181,7 @@ async fn connect(server: &McpServerConfig) -> Result<RmcpConnection, McpError> {
     let peer = service.peer().clone();
     let ended = CancellationToken::new();
     let reason = Arc::new(Mutex::new(None));
-    spawn_watcher(service, ended.clone(), reason.clone(), stderr, server.command.is_some());
+    spawn_watcher(service, ended.clone(), reason.clone(), stderr, workdir);
     Ok(RmcpConnection {
         peer,
         stop,
@@ -208,16 +221,20 @@ fn spawn_stderr_logger(server: String, pipe: tokio::process::ChildStderr, tail: 
     });
 }
 
-/// Owns the session until it ends, then records why.
+/// Owns the session (and, for a process, its working directory) until it
+/// ends, then records why and removes the directory.
 fn spawn_watcher(
     service: RunningService<RoleClient, Handler>,
     ended: CancellationToken,
     reason: Arc<Mutex<Option<String>>>,
     stderr: StderrTail,
-    is_process: bool,
+    workdir: Option<WorkDir>,
 ) {
+    let is_process = workdir.is_some();
     tokio::spawn(async move {
-        let text = match service.waiting().await {
+        let quit = service.waiting().await;
+        drop(workdir);
+        let text = match quit {
             Ok(QuitReason::Cancelled) => "closed by chatd".to_string(),
             Ok(QuitReason::Closed) if is_process => format!("the server process exited{}", stderr.describe()),
             Ok(QuitReason::Closed) => "the server closed the session".to_string(),

@@ -1,6 +1,7 @@
 //! Tests of the SSRF guard: the address classes and the host check.
 
 use super::super::fetch::parse_url;
+use super::classify::AddressClass;
 use super::*;
 use AddressClass::*;
 
@@ -78,8 +79,10 @@ fn ipv6_ranges() {
         ("2001:4860:4860::8888", Public),
         ("2606:4700:4700::1111", Public),
         ("2a00:1450:4001::1", Public),
-        ("fbff:ffff::1", Public),
-        ("fe00::1", Public),
+        // Outside 2000::/3, so not global unicast (issue 21, item 8: these
+        // two were wrongly public before).
+        ("fbff:ffff::1", Reserved),
+        ("fe00::1", Reserved),
     ];
     for (ip, expected) in cases {
         assert_eq!(class(ip), expected, "{ip}");
@@ -108,6 +111,85 @@ fn ipv6_forms_carrying_ipv4_get_the_ipv4_class() {
         ("64:ff9b::a9fe:a9fe", Metadata),
         ("64:ff9b::192.168.1.1", Private),
         ("64:ff9b::8.8.8.8", Public),
+    ];
+    for (ip, expected) in cases {
+        assert_eq!(class(ip), expected, "{ip}");
+    }
+}
+
+#[test]
+fn only_global_unicast_ipv6_is_public() {
+    let cases = [
+        // Outside 2000::/3.
+        ("100::1", Reserved),
+        ("100::ffff:ffff:ffff:ffff", Reserved),
+        ("1fff:ffff::1", Reserved),
+        ("4000::1", Reserved),
+        ("e000::1", Reserved),
+        ("::1:0:0:1", Reserved),
+        // Documentation.
+        ("2001:db8:ffff::1", Reserved),
+        ("3fff::1", Reserved),
+        ("3fff:fff:ffff::1", Reserved),
+        // IETF protocol assignments (2001::/23), e.g. benchmarking, ORCHID.
+        ("2001:2::1", Reserved),
+        ("2001:10::1", Reserved),
+        ("2001:1ff::1", Reserved),
+        // ... except their globally reachable blocks.
+        ("2001:1::1", Public),
+        ("2001:3::1", Public),
+        ("2001:4:112::1", Public),
+        ("2001:20::1", Public),
+        // Neighbours that are global unicast.
+        ("2001:200::1", Public),
+        ("2001:db9::1", Public),
+        ("3fff:1000::1", Public),
+        ("3ffe::1", Public),
+        ("2000::1", Public),
+        ("3fff:ffff:ffff::1", Public),
+    ];
+    for (ip, expected) in cases {
+        assert_eq!(class(ip), expected, "{ip}");
+    }
+}
+
+#[test]
+fn every_ipv6_form_carrying_ipv4_gets_the_ipv4_class() {
+    let cases = [
+        // 6to4 2002::/16: the IPv4 address follows the prefix.
+        ("2002:7f00:1::", Loopback),
+        ("2002:a9fe:a9fe::1", Metadata),
+        ("2002:c0a8:101::1", Private),
+        ("2002:0a00:0001:1::1", Private),
+        ("2002:c000:201::1", Reserved),
+        ("2002:808:808::1", Public),
+        // Teredo 2001::/32: server, then client xor ffff:ffff.
+        ("2001:0:7f00:1::", Loopback),
+        ("2001:0:808:808::80ff:fefe", Loopback),
+        ("2001:0:808:808::3f57:fefe", Private),
+        ("2001:0:808:808::5601:5601", Metadata),
+        ("2001:0:808:808::f7f7:f7f7", Public),
+        // NAT64 well-known and local-use prefixes.
+        ("64:ff9b::a00:1", Private),
+        ("64:ff9b::c633:6401", Reserved),
+        // (local use: the prefix length is the operator's choice, so each
+        // RFC 6052 layout must carry a public address).
+        ("64:ff9b:1::7f00:1", Loopback),
+        ("64:ff9b:1::a00:1", Private),
+        ("64:ff9b:1:a08:808:808:808:808", Private),
+        ("64:ff9b:1::808:808", Unspecified),
+        ("64:ff9b:1:808:808:808:808:808", Public),
+        // IPv4-translated ::ffff:0:0:0/96 and IPv4-compatible ::/96.
+        ("::ffff:0:7f00:1", Loopback),
+        ("::ffff:0:a9fe:a9fe", Metadata),
+        ("::ffff:0:808:808", Public),
+        ("::8.8.8.8", Public),
+        ("::192.0.2.1", Reserved),
+        // IPv4 documentation ranges, mapped.
+        ("::ffff:192.0.2.1", Reserved),
+        ("::ffff:198.51.100.1", Reserved),
+        ("::ffff:203.0.113.1", Reserved),
+        ("192.88.99.1", Reserved),
     ];
     for (ip, expected) in cases {
         assert_eq!(class(ip), expected, "{ip}");
