@@ -85,6 +85,18 @@ impl Site {
     }
 }
 
+/// Elements nested in [`deep_page`].
+const DEEP_LEVELS: usize = 45_000;
+
+/// About 500 KB of HTML nested [`DEEP_LEVELS`] deep, text at the bottom.
+fn deep_page() -> String {
+    format!(
+        "<html><head><title>Deep</title></head><body>{}the bottom of the page{}</body></html>",
+        "<div>".repeat(DEEP_LEVELS),
+        "</div>".repeat(DEEP_LEVELS)
+    )
+}
+
 fn large_body() -> String {
     (0..LARGE_BYTES / 10).map(|i| format!("line {i:04}\n")).collect()
 }
@@ -119,6 +131,7 @@ async fn serve(State(state): State<Arc<SiteState>>, uri: Uri) -> Response {
         ),
         "/image.png" => reply(200, "image/png", Body::from(vec![0x89, b'P', b'N', b'G'])),
         "/large" => reply(200, "text/plain", Body::from(large_body())),
+        "/deep" => reply(200, "text/html", Body::from(deep_page())),
         "/slow" => {
             let stream = async_stream::stream! {
                 yield Ok::<_, Infallible>(Bytes::from("the start arrives at once\n"));
@@ -473,4 +486,79 @@ async fn ipv6_forms_carrying_a_loopback_ipv4_and_special_ranges_are_refused() {
     }
     // Refused before connecting: nothing reached the loopback site.
     assert_eq!(site.hits(), BTreeMap::new());
+}
+
+#[tokio::test]
+async fn a_deeply_nested_page_is_converted_within_the_timeout_and_chatd_stays_responsive() {
+    let site = Site::start().await;
+    let deep = site.url("127.0.0.1", "/deep");
+    assert!((450_000..=512 * 1024).contains(&deep_page().len()));
+    // Three at once: more than the conversions allowed to run together.
+    let upstream = MockUpstream::start().await;
+    let args = json!({"url": deep}).to_string();
+    upstream.push(mock::tool_reply(
+        &[
+            ("d1", "fetch_url", &args),
+            ("d2", "fetch_url", &args),
+            ("d3", "fetch_url", &args),
+        ],
+        5,
+        5,
+    ));
+    upstream.push(mock::text_reply(&["ok"], 5, 1));
+    let tools = registry_with(vec![Arc::new(FetchUrl)]);
+    let app = TestApp::start_with(
+        &upstream.base_url,
+        |c| {
+            c.tools.fetch.allow_hosts = vec!["127.0.0.1".into()];
+            c.tools.fetch.timeout_ms = 10_000;
+            c.tools.timeout_ms = 15_000;
+        },
+        tools,
+    )
+    .await;
+
+    let started = std::time::Instant::now();
+    let chat = {
+        let (http, url) = (app.http.clone(), app.url("/api/chat"));
+        tokio::spawn(async move {
+            let response = http
+                .post(url)
+                .json(&json!({"message": "fetch the deep page"}))
+                .send()
+                .await
+                .expect("POST /api/chat");
+            support::sse::rest(&mut support::sse::events_of(response)).await
+        })
+    };
+    // While the pages are converted, chatd answers at once.
+    let mut slowest = Duration::ZERO;
+    while !chat.is_finished() {
+        let asked = std::time::Instant::now();
+        let (status, _) = app.get("/healthz").await;
+        assert_eq!(status, 200);
+        slowest = slowest.max(asked.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let events = chat.await.expect("chat task");
+    let elapsed = started.elapsed();
+    assert!(slowest < Duration::from_secs(1), "a health check took {slowest:?}");
+    assert_eq!(events.last().map(|e| e.event.as_str()), Some("done"), "{events:#?}");
+    let results: Vec<&Value> = events
+        .iter()
+        .filter(|e| e.data["type"] == "tool_result")
+        .map(|e| &e.data)
+        .collect();
+    assert_eq!(results.len(), 3);
+    for result in results {
+        assert_eq!(result["success"], true, "{result}");
+        let content = result["content"].as_str().expect("content");
+        assert!(
+            content.starts_with(&format!("URL: {deep}\nStatus: 200\n\n")) && content.contains("the bottom of the page"),
+            "{content}"
+        );
+        assert!(result["duration_ms"].as_u64().expect("duration") < 10_000, "{result}");
+    }
+    assert!(elapsed < Duration::from_secs(15), "{elapsed:?}");
+    assert_eq!(site.hits().get("/deep"), Some(&3));
 }

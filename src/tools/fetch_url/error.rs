@@ -47,6 +47,13 @@ pub enum FetchError {
     /// The response is neither HTML, `text/*` nor JSON.
     #[error("{url} returned {content_type} content; only HTML, text/* and JSON can be fetched")]
     UnsupportedType { url: String, content_type: String },
+    /// Turning the HTML into text did not end within what was left of
+    /// `tools.fetch.timeout_ms` after the fetch.
+    #[error(
+        "converting the HTML of {url} to text did not finish within the {ms} ms limit of the fetch; try a simpler \
+         page"
+    )]
+    ConvertTimeout { url: String, ms: u64 },
     /// The HTML could not be turned into text.
     #[error("cannot convert the HTML of {url} to text: {reason}")]
     Html { url: String, reason: String },

@@ -12,7 +12,9 @@
 //!
 //! HTML is turned into readable text with the `html2text` crate (scripts,
 //! styles and the `<head>` are dropped); `text/*` and JSON bodies are
-//! returned as they are; other content types are refused.
+//! returned as they are; other content types are refused. The conversion is
+//! bounded (input size, nesting depth, a process-wide concurrency limit) and
+//! `tools.fetch.timeout_ms` covers it as well as the fetch.
 //!
 //! The parts, in the order a call goes through them:
 //!
@@ -22,12 +24,16 @@
 //!   the allow list, resolving and pinning a hop's host);
 //! - [`fetch`]: the HTTP side (URL argument, per-hop clients, redirects,
 //!   content types, the size limit);
-//! - [`render`]: the body as the tool output (HTML to text, title, source);
+//! - [`render`]: the body as the tool output (text, notes, source);
+//! - [`convert`]: HTML to text within limits, with [`nesting`] flattening
+//!   what is nested too deep;
 //! - [`error`]: [`FetchError`], what the model is told when a fetch fails.
 
+mod convert;
 mod error;
 mod fetch;
 mod guard;
+mod nesting;
 mod render;
 
 use std::time::Duration;
@@ -82,20 +88,23 @@ impl Tool for FetchUrl {
 }
 
 /// Fetches `url` with the limits and allow list of `config` and renders the
-/// tool output.
+/// tool output. `config.timeout_ms` covers the whole call: every hop, the
+/// body and the HTML conversion.
 ///
 /// Errors: [`FetchError::InvalidUrl`], [`FetchError::UnsupportedScheme`] and
 /// [`FetchError::NoHost`] for a bad argument; [`FetchError::Refused`] and
 /// [`FetchError::RedirectScheme`] when the SSRF guard refuses a hop; the other
-/// variants for network, timeout, redirect and content-type failures.
+/// variants for network, timeout, conversion, redirect and content-type
+/// failures.
 pub async fn fetch_url(url: &str, config: &FetchConfig) -> Result<ToolOutput, FetchError> {
     let start = fetch::parse_url(url)?;
     let ms = config.timeout_ms;
-    let fetched = tokio::time::timeout(Duration::from_millis(ms), fetch::fetch(start.clone(), config))
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
+    let fetched = tokio::time::timeout_at(deadline, fetch::fetch(start.clone(), config))
         .await
         .map_err(|_| FetchError::Timeout {
             url: start.to_string(),
             ms,
         })??;
-    render::render(fetched, config.max_bytes).await
+    render::render(fetched, config.max_bytes, deadline, ms).await
 }
