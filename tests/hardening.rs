@@ -9,15 +9,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::TestApp;
-use support::mock::{self, MockResponse, MockUpstream, full_text};
+use support::mock::{self, MockUpstream, full_text, slow_text};
 use support::sse::{SseEvent, next, rest};
-
-/// [`mock::slow_text`] with usage (5 prompt tokens, one a word).
-fn slow_text(pieces: usize, delay_ms: u64) -> MockResponse {
-    let mut chunks = mock::words(pieces);
-    chunks.push(mock::usage(5, pieces as u64));
-    mock::sse_with_delay(&chunks, delay_ms)
-}
 
 /// The events as stored, in the shape the live stream had: `(id, event,
 /// data)` per event.

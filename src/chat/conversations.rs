@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::ChatError;
 use super::input::{MAX_TITLE_BYTES, SettingsInput, validate_length, validate_project_id, validate_settings};
 use super::registry::ReplyRegistry;
-use super::service::CANCEL_WAIT;
+use super::service::cancel_and_wait;
 use crate::domain::{Conversation, ConversationPatch, Message, NewConversation};
 use crate::store::Store;
 
@@ -131,10 +131,7 @@ impl ConversationService {
     /// Errors: [`ChatError::ConversationNotFound`]; [`ChatError::Store`].
     pub async fn delete(&self, id: Uuid) -> Result<(), ChatError> {
         if let Some(reply) = self.replies.running_in(id) {
-            reply.cancel.cancel();
-            if tokio::time::timeout(CANCEL_WAIT, reply.finished()).await.is_err() {
-                tracing::warn!(conversation_id = %id, "the reply of a deleted conversation did not end in time");
-            }
+            cancel_and_wait(&reply).await;
         }
         if self.store.delete_conversation(id).await? {
             Ok(())

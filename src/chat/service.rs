@@ -59,7 +59,16 @@ impl Drop for Waiting {
 }
 
 /// How long a cancel waits for the reply to store its final state.
-pub(super) const CANCEL_WAIT: Duration = Duration::from_secs(10);
+const CANCEL_WAIT: Duration = Duration::from_secs(10);
+
+/// Cancels `reply` and waits (up to [`CANCEL_WAIT`], 10 s) until its
+/// terminal event is appended; logs a warning when it is not in time.
+pub(super) async fn cancel_and_wait(reply: &Reply) {
+    reply.cancel.cancel();
+    if tokio::time::timeout(CANCEL_WAIT, reply.finished()).await.is_err() {
+        tracing::warn!(message_id = %reply.message_id, "cancelled reply did not finish in time");
+    }
+}
 
 /// How long a finished reply's events stay in memory (or
 /// `chat.replay_retention_ms`, if shorter). Clients that reconnect right
@@ -316,10 +325,7 @@ impl ChatService {
         if let Some(reply) = self.replies.get(message_id)
             && !reply.is_finished()
         {
-            reply.cancel.cancel();
-            if tokio::time::timeout(CANCEL_WAIT, reply.finished()).await.is_err() {
-                tracing::warn!(%message_id, "cancelled reply did not finish in time");
-            }
+            cancel_and_wait(&reply).await;
         }
         let message = self.stored_reply(message_id).await?;
         match message.status {

@@ -29,16 +29,16 @@ pub fn is_safe_request_id(value: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
 }
 
-/// Drops an unsafe `x-request-id` so that the request id layer gives the
+/// Drops an unsafe or repeated `x-request-id` so that the request id layer gives the
 /// request a fresh UUID instead.
 pub async fn sanitize_request_id(mut request: Request, next: Next) -> Response {
-    let unsafe_id = request
-        .headers()
-        .get_all(REQUEST_ID)
-        .iter()
-        .any(|v| !is_safe_request_id(v.as_bytes()))
-        || request.headers().get_all(REQUEST_ID).iter().count() > 1;
-    if unsafe_id {
+    let mut ids = request.headers().get_all(REQUEST_ID).iter();
+    let keep = match (ids.next(), ids.next()) {
+        (None, _) => true,
+        (Some(id), None) => is_safe_request_id(id.as_bytes()),
+        (Some(_), Some(_)) => false,
+    };
+    if !keep {
         request.headers_mut().remove(REQUEST_ID);
     }
     next.run(request).await
@@ -65,17 +65,12 @@ pub async fn read_body_in_time(State(limits): State<BodyLimits>, request: Reques
     if body.is_end_stream() {
         return next.run(Request::from_parts(parts, body)).await;
     }
-    let read = axum::body::to_bytes(body, limits.max_bytes.saturating_add(1));
+    let read = axum::body::to_bytes(body, limits.max_bytes);
     let bytes = match tokio::time::timeout(limits.timeout, read).await {
         Err(_) => return timed_out(limits.timeout),
         Ok(Err(e)) => {
             return if is_length_limit(&e) {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    "the request body is larger than the limit (http.max_body_bytes)",
-                )
-                .into_response()
+                ApiError::payload_too_large().into_response()
             } else {
                 ApiError::invalid_request(format!("the request body could not be read: {e}")).into_response()
             };

@@ -6,7 +6,7 @@
 //   mixed {}      -> a text, an image and an embedded text resource
 //   env   {}      -> a few of its environment variables, as JSON
 //   crash {}      -> the process exits with status 3 without answering
-import { createInterface } from "node:readline";
+import { serveStdio } from "./stdio-server.mjs";
 
 const tools = [
   {
@@ -19,10 +19,6 @@ const tools = [
   { name: "env", description: "Shows some environment variables.", inputSchema: { type: "object", properties: {} } },
   { name: "crash", description: "Exits the server process.", inputSchema: { type: "object", properties: {} } },
 ];
-
-function send(message) {
-  process.stdout.write(JSON.stringify({ jsonrpc: "2.0", ...message }) + "\n");
-}
 
 function call(name, args) {
   switch (name) {
@@ -54,43 +50,5 @@ function call(name, args) {
   }
 }
 
-const lines = createInterface({ input: process.stdin });
-lines.on("line", (line) => {
-  if (!line.trim()) return;
-  let msg;
-  try {
-    msg = JSON.parse(line);
-  } catch {
-    send({ id: null, error: { code: -32700, message: "parse error" } });
-    return;
-  }
-  if (msg.id === undefined) return; // a notification
-  switch (msg.method) {
-    case "initialize":
-      send({
-        id: msg.id,
-        result: {
-          protocolVersion: "2025-06-18",
-          capabilities: { tools: {} },
-          serverInfo: { name: "crashy", version: "1.0.0" },
-        },
-      });
-      break;
-    case "ping":
-      send({ id: msg.id, result: {} });
-      break;
-    case "tools/list":
-      send({ id: msg.id, result: { tools } });
-      break;
-    case "tools/call": {
-      const result = call(msg.params?.name, msg.params?.arguments ?? {});
-      if (result) send({ id: msg.id, result });
-      else send({ id: msg.id, error: { code: -32602, message: `unknown tool ${msg.params?.name}` } });
-      break;
-    }
-    default:
-      send({ id: msg.id, error: { code: -32601, message: `method not found: ${msg.method}` } });
-  }
-});
-lines.on("close", () => process.exit(0));
+serveStdio("crashy", tools, call);
 process.stderr.write(`crashy: started, pid ${process.pid}\n`);
