@@ -9,9 +9,11 @@
 #   scripts/fuzz.sh                       # 100 cases per operation and phase
 #   FUZZ_MAX_EXAMPLES=20 scripts/fuzz.sh  # quicker
 #   FUZZ_SEED=1234 scripts/fuzz.sh        # reproduce a run
+#   FUZZ_PROFILE=debug scripts/fuzz.sh    # the debug build (what CI's tests built)
 #
-# It installs schemathesis into .venv-fuzz (first run only), builds the
-# release binary, starts a mock OpenAI-compatible upstream (`chatd-bench mock`
+# It installs schemathesis and its dependencies, pinned in
+# scripts/fuzz-requirements.txt, into .venv-fuzz (first run only), builds
+# chatd (release unless FUZZ_PROFILE=debug), starts a mock OpenAI-compatible upstream (`chatd-bench mock`
 # when this tree has it, else a small Python one), starts chatd on a free
 # loopback port with a fresh SQLite file in a temp dir and an API key, runs
 # schemathesis, stops both and prints the summary. Exit status: 0 when
@@ -29,7 +31,7 @@ MODEL=bench-t8-d0-text
 # (a) schemathesis, pinned, in its own venv.
 if ! "$VENV/bin/schemathesis" --version 2>/dev/null | grep -q "version $SCHEMATHESIS_VERSION\$"; then
     python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check -r scripts/fuzz-requirements.txt
 fi
 
 # (b) chatd (release) and a mock upstream.
@@ -56,9 +58,26 @@ wait_for_line() { # FILE PREFIX: prints the rest of the first line starting with
     return 1
 }
 
-cargo build --release --locked --bin chatd
-if [ -d bench ] && cargo build --release --locked -p chatd-bench; then
-    target/release/chatd-bench mock --listen 127.0.0.1:0 >"$work/mock.out" 2>"$work/mock.err" &
+case "${FUZZ_PROFILE:-release}" in
+    release)
+        bin=target/release
+        cargo build --release --locked --bin chatd
+        have_bench() { [ -d bench ] && cargo build --release --locked -p chatd-bench; }
+        ;;
+    debug)
+        # The binaries `cargo test --workspace` builds (same features), so
+        # after the test run nothing is rebuilt.
+        bin=target/debug
+        cargo test --locked --workspace --no-run --quiet
+        have_bench() { [ -x "$bin/chatd-bench" ]; }
+        ;;
+    *)
+        echo "FUZZ_PROFILE must be release or debug" >&2
+        exit 2
+        ;;
+esac
+if have_bench; then
+    "$bin/chatd-bench" mock --listen 127.0.0.1:0 >"$work/mock.out" 2>"$work/mock.err" &
     pids+=($!)
 else
     echo "no chatd-bench: using a Python mock upstream"
@@ -132,7 +151,7 @@ concurrent_replies = 64
 EOF
 env -u CHATD_LISTEN -u CHATD_DATABASE_URL -u CHATD_LLM_BASE_URL -u CHATD_LLM_MODEL -u CHATD_API_KEYS \
     -u CHATD_AUTH -u CHATD_METRICS_LISTEN RUST_LOG=warn \
-    target/release/chatd --config "$work/chatd.toml" serve >"$work/chatd.log" 2>&1 &
+    "$bin/chatd" --config "$work/chatd.toml" serve >"$work/chatd.log" 2>&1 &
 chatd_pid=$!
 pids+=("$chatd_pid")
 base="http://127.0.0.1:$port"
