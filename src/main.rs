@@ -141,18 +141,15 @@ async fn serve(config: Config) -> Result<(), AppError> {
     let upstream = config.llm.base_url.clone();
     let metrics_listen = config.http.metrics_listen;
     let limits = ServeLimits::from_config(&config.http);
+    let backlog = config.http.listen_backlog;
     let app = App::build(config).await?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| AppError::Bind { addr, source })?;
+    let listener = chatd::http::serve::bind(addr, backlog).map_err(|source| AppError::Bind { addr, source })?;
     tracing::info!(%addr, %upstream, model = %model, "chatd listening");
     if let Some(metrics_addr) = metrics_listen {
-        let metrics_listener = tokio::net::TcpListener::bind(metrics_addr)
-            .await
-            .map_err(|source| AppError::Bind {
-                addr: metrics_addr,
-                source,
-            })?;
+        let metrics_listener = chatd::http::serve::bind(metrics_addr, backlog).map_err(|source| AppError::Bind {
+            addr: metrics_addr,
+            source,
+        })?;
         tracing::info!(addr = %metrics_addr, "metrics listening");
         tokio::spawn(async move {
             let served = serve_http(

@@ -63,6 +63,53 @@ pub fn nofile_limits() -> Option<(u64, u64)> {
     Some((values.next()??, values.next()??))
 }
 
+/// The kernel's counters of connects a listener could not take, for this
+/// network namespace (every listener in it: chatd's, the mock's), as
+/// `nstat` shows them: `TcpExtListenOverflows` (a full accept queue),
+/// `TcpExtListenDrops` (every dropped connect, overflows included) and
+/// `TcpExtTCPSynRetrans` (SYNs sent again, each a client waiting about a
+/// second). Read from the `TcpExt:` lines of `/proc/net/netstat`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TcpCounters {
+    pub listen_overflows: u64,
+    pub listen_drops: u64,
+    pub syn_retrans: u64,
+}
+
+impl TcpCounters {
+    /// The counters now; `None` where `/proc/net/netstat` is missing or
+    /// lacks them.
+    pub fn read() -> Option<Self> {
+        Self::parse(&std::fs::read_to_string("/proc/net/netstat").ok()?)
+    }
+
+    /// From the text of `/proc/net/netstat`: a `TcpExt:` line of names
+    /// followed by a `TcpExt:` line of values.
+    fn parse(text: &str) -> Option<Self> {
+        let mut lines = text.lines().filter_map(|l| l.strip_prefix("TcpExt:"));
+        let (names, values) = (lines.next()?, lines.next()?);
+        let table: std::collections::HashMap<&str, u64> = names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .filter_map(|(n, v)| Some((n, v.parse().ok()?)))
+            .collect();
+        Some(Self {
+            listen_overflows: *table.get("ListenOverflows")?,
+            listen_drops: *table.get("ListenDrops")?,
+            syn_retrans: *table.get("TCPSynRetrans")?,
+        })
+    }
+
+    /// What happened between `before` and `self` (counters only grow).
+    pub fn since(self, before: Self) -> Self {
+        Self {
+            listen_overflows: self.listen_overflows.saturating_sub(before.listen_overflows),
+            listen_drops: self.listen_drops.saturating_sub(before.listen_drops),
+            syn_retrans: self.syn_retrans.saturating_sub(before.syn_retrans),
+        }
+    }
+}
+
 /// Facts about the machine for the report: CPUs, memory, CPU model, kernel.
 pub fn machine() -> serde_json::Value {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
@@ -98,5 +145,28 @@ mod tests {
         assert!(super::peak_rss_mb(std::process::id()).is_some_and(|m| m > 0.0));
         let (soft, hard) = super::nofile_limits().expect("limits");
         assert!(soft <= hard);
+    }
+
+    #[test]
+    fn reads_the_tcp_counters() {
+        let text = "TcpExt: SyncookiesSent ListenOverflows ListenDrops TCPSynRetrans\n\
+                    TcpExt: 0 12 15 40\n\
+                    IpExt: InNoRoutes\nIpExt: 0\n";
+        let c = super::TcpCounters::parse(text).expect("parsed");
+        assert_eq!(
+            c,
+            super::TcpCounters {
+                listen_overflows: 12,
+                listen_drops: 15,
+                syn_retrans: 40
+            }
+        );
+        let later = super::TcpCounters {
+            listen_overflows: 20,
+            ..c
+        };
+        assert_eq!(later.since(c).listen_overflows, 8);
+        assert_eq!(later.since(c).syn_retrans, 0);
+        assert_eq!(super::TcpCounters::parse("IpExt: a\nIpExt: 1\n"), None);
     }
 }

@@ -6,6 +6,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::client::{Kind, LoadResult};
+use crate::procfs::TcpCounters;
 
 /// Percentiles in ms.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -42,6 +43,8 @@ pub struct Usage {
     /// `None` for a direct run.
     pub chatd_cpu_ms: Option<f64>,
     pub chatd_peak_rss_mb: Option<f64>,
+    /// The kernel's dropped connects during the run, if it tells.
+    pub tcp: Option<TcpCounters>,
 }
 
 /// The numbers of one load run against one target.
@@ -76,6 +79,9 @@ pub struct RunMetrics {
     /// tokens shows in scenarios of short replies.
     pub chatd_cpu_ms_per_request: Option<f64>,
     pub chatd_peak_rss_mb: Option<f64>,
+    /// Listen-queue overflows, dropped connects and SYN retransmissions in
+    /// this network namespace during the run (`nstat`'s TcpExt counters).
+    pub tcp: Option<TcpCounters>,
 }
 
 impl RunMetrics {
@@ -122,6 +128,7 @@ impl RunMetrics {
             chatd_cpu_ms_per_1k_tokens: usage.chatd_cpu_ms.map(per_1k),
             chatd_cpu_ms_per_request: usage.chatd_cpu_ms.map(|ms| ms / result.outcomes.len().max(1) as f64),
             chatd_peak_rss_mb: usage.chatd_peak_rss_mb,
+            tcp: usage.tcp,
         }
     }
 

@@ -12,12 +12,12 @@ use serde_json::{Value, json};
 use crate::RunArgs;
 use crate::client::{self, Job, Kind, LoadResult, Plan, Target};
 use crate::mock::ReplySpec;
-use crate::procfs;
+use crate::procfs::{self, TcpCounters};
 use crate::report::{self, Check, RunMetrics, Usage, at, median, median_json};
 use crate::servers::{self, Chatd, Mock};
 
 /// Every scenario; `all` runs all but `smoke`.
-pub const NAMES: [&str; 12] = [
+pub const NAMES: [&str; 14] = [
     "smoke",
     "requests",
     "c1",
@@ -26,6 +26,8 @@ pub const NAMES: [&str; 12] = [
     "c2000",
     "c10000",
     "c10000_h1",
+    "burst",
+    "burst2000",
     "tool",
     "long_reply",
     "long_conversation",
@@ -139,7 +141,16 @@ async fn run_scenario(ctx: &Ctx, name: &str) -> anyhow::Result<(Value, Vec<Check
             // besides its tokens (HTTP, storing the turn, the upstream
             // request, storing the reply).
             let load = Load::new(pick(64, 8), pick(20, 4), 0, vec![ReplySpec::text(2, 0)]);
-            standard(ctx, name, load, |_, _| Vec::new()).await
+            standard(ctx, name, load, |name, m| {
+                vec![Check::at_most(
+                    name,
+                    "chatd_cpu_ms_per_request",
+                    at(m, "median.chatd.chatd_cpu_ms_per_request"),
+                    0.2,
+                    "chatd CPU per chat of two tokens, ms (median of repeats)",
+                )]
+            })
+            .await
         }
         "c1" => {
             let load = Load::new(1, pick(12, 4), 0, mix_a);
@@ -226,6 +237,60 @@ async fn run_scenario(ctx: &Ctx, name: &str) -> anyhow::Result<(Value, Vec<Check
                         "chats in flight at once through chatd",
                     ),
                 ]
+            })
+            .await
+        }
+        "burst" | "burst2000" => {
+            // Every client at the same instant (no ramp), each a new
+            // conversation over its own HTTP/1.1 connection: a class at the
+            // bell, or every frontend reconnecting after a deploy.
+            let (load, p99_added, p50_added, ratio) = if name == "burst" {
+                let load = Load::new(pick(512, 64), 2, 0, vec![ReplySpec::text(pick(100, 20), 20)]);
+                (load, 100.0, Some(30.0), Some(0.95))
+            } else {
+                (
+                    Load::new(pick(2000, 200), 1, 0, vec![ReplySpec::text(pick(50, 10), 50)]),
+                    300.0,
+                    None,
+                    None,
+                )
+            };
+            standard(ctx, name, load, move |name, m| {
+                let mut checks = vec![
+                    Check::at_most(
+                        name,
+                        "listen_overflows",
+                        at(m, "max.listen_overflows_chatd"),
+                        0.0,
+                        "listen-queue overflows (TcpExtListenOverflows) during a chatd run, most of the repeats",
+                    ),
+                    Check::at_most(
+                        name,
+                        "ttft_p99_added_ms",
+                        at(m, "median.ratios.ttft_p99_added_ms"),
+                        p99_added,
+                        "time to first text delta, p99, chatd minus direct (median of repeats)",
+                    ),
+                ];
+                if let Some(limit) = p50_added {
+                    checks.push(Check::at_most(
+                        name,
+                        "ttft_p50_added_ms",
+                        at(m, "median.ratios.ttft_p50_added_ms"),
+                        limit,
+                        "time to first text delta, p50, chatd minus direct (median of repeats)",
+                    ));
+                }
+                if let Some(limit) = ratio {
+                    checks.push(Check::at_least(
+                        name,
+                        "tokens_per_s_ratio",
+                        at(m, "median.ratios.tokens_per_s"),
+                        limit,
+                        "delivered tokens/s, chatd over direct (median of repeats)",
+                    ));
+                }
+                checks
             })
             .await
         }
@@ -328,10 +393,12 @@ async fn measure(
     let target = Arc::new(Target::new(kind, addr, plan.concurrency, h2c)?);
     let (chatd0, mock0) = (chatd.proc.cpu_ms(), mock.proc.cpu_ms());
     let self0 = procfs::self_cpu_ms().unwrap_or(f64::NAN);
+    let tcp0 = TcpCounters::read();
     let result = client::run_load(target, plan).await;
     // Connection teardown and trailing writes belong to the run.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let usage = Usage {
+        tcp: tcp0.and_then(|before| Some(TcpCounters::read()?.since(before))),
         client_cpu_ms: procfs::self_cpu_ms().unwrap_or(f64::NAN) - self0,
         mock_cpu_ms: mock.proc.cpu_ms() - mock0,
         chatd_cpu_ms: (kind == Kind::Chatd).then(|| chatd.proc.cpu_ms() - chatd0),
@@ -467,11 +534,17 @@ fn summarize(name: &str, params: Value, runs: &[Value]) -> Value {
         "max": report::round(json!({
             "chatd_peak_rss_mb": max_of("chatd.chatd_peak_rss_mb"),
             "ttft_p99_added_ms": max_of("ratios.ttft_p99_added_ms"),
+            "listen_overflows_chatd": max_of("chatd.tcp.listen_overflows"),
+            "listen_overflows_direct": max_of("direct.tcp.listen_overflows"),
         })),
         "total": {
             "requests_failed_chatd": sum_of("chatd.requests_failed"),
             "requests_failed_direct": sum_of("direct.requests_failed"),
             "database_is_locked": sum_of("chatd_log.database_is_locked"),
+            "listen_overflows_chatd": sum_of("chatd.tcp.listen_overflows"),
+            "listen_overflows_direct": sum_of("direct.tcp.listen_overflows"),
+            "syn_retrans_chatd": sum_of("chatd.tcp.syn_retrans"),
+            "syn_retrans_direct": sum_of("direct.tcp.syn_retrans"),
         },
         "runs": runs,
     })

@@ -37,6 +37,13 @@ pub struct HttpConfig {
     /// Most client connections open at once; further connections wait in the
     /// listen backlog until one closes. Default 16,384.
     pub max_connections: usize,
+    /// Length of the listen socket's queue of connections not yet accepted
+    /// (`listen(2)`'s backlog), for the main and the metrics address. A
+    /// burst of connects beyond it is dropped by the kernel, and each such
+    /// client waits for its SYN to be sent again, a second or more. Linux
+    /// caps it at `net.core.somaxconn` (chatd warns at start when that is
+    /// lower). 1..=65535, default 8,192.
+    pub listen_backlog: u32,
 }
 
 /// Log line format.
@@ -96,13 +103,15 @@ impl Default for HttpConfig {
             body_timeout_ms: 30_000,
             keep_alive_timeout_ms: 15_000,
             max_connections: 16_384,
+            listen_backlog: 8_192,
         }
     }
 }
 
 impl HttpConfig {
-    /// Checks that the timeouts and `max_connections` are at least 1 and
-    /// that `keep_alive_timeout_ms` is at most `header_read_timeout_ms`.
+    /// Checks that the timeouts and `max_connections` are at least 1, that
+    /// `keep_alive_timeout_ms` is at most `header_read_timeout_ms` and that
+    /// `listen_backlog` is 1..=65535.
     /// Errors: [`ConfigError::Invalid`] naming the setting.
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         if self.header_read_timeout_ms == 0 || self.body_timeout_ms == 0 || self.keep_alive_timeout_ms == 0 {
@@ -117,6 +126,9 @@ impl HttpConfig {
         }
         if self.max_connections == 0 {
             return invalid("http.max_connections must be at least 1");
+        }
+        if !(1..=65_535).contains(&self.listen_backlog) {
+            return invalid("http.listen_backlog must be between 1 and 65535");
         }
         Ok(())
     }

@@ -126,6 +126,7 @@ const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("CHATD_METRICS_LISTEN", "http.metrics_listen"),
     ("CHATD_LOG_FORMAT", "http.log_format"),
     ("CHATD_HTTP_MAX_CONNECTIONS", "http.max_connections"),
+    ("CHATD_HTTP_LISTEN_BACKLOG", "http.listen_backlog"),
 ];
 
 impl Config {

@@ -82,6 +82,22 @@ fn unknown_keys_and_bad_values_are_errors() {
     assert!(err.to_string().contains("listen"), "{err}");
 }
 
+#[test]
+fn the_listen_backlog_is_8192_and_checked() {
+    let c = Config::load_with_env(None, env(&[])).expect("defaults load");
+    assert_eq!(c.http.listen_backlog, 8_192);
+    let c = Config::load_with_env(None, env(&[("CHATD_HTTP_LISTEN_BACKLOG", "65535")])).expect("65535 loads");
+    assert_eq!(c.http.listen_backlog, 65_535);
+    for bad in ["0", "65536"] {
+        let err = Config::load_with_env(None, env(&[("CHATD_HTTP_LISTEN_BACKLOG", bad)])).expect_err("out of range");
+        assert_eq!(
+            err.to_string(),
+            "configuration: http.listen_backlog must be between 1 and 65535",
+            "{bad}"
+        );
+    }
+}
+
 fn write(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
     let path = dir.path().join("c.toml");
     std::fs::write(&path, text).expect("write");

@@ -9,6 +9,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -21,7 +22,7 @@ use axum::http::Response;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -50,6 +51,45 @@ impl ServeLimits {
             max_connections: config.max_connections.max(1),
         }
     }
+}
+
+/// A listener on `addr` with a queue of `backlog` connections not yet
+/// accepted (`listen(2)`; tokio's own `bind` asks for 1,024), with
+/// `SO_REUSEADDR` so a restart can bind while old connections linger in
+/// TIME_WAIT. Logs a warning when the kernel's `net.core.somaxconn` is
+/// lower than `backlog`, since Linux silently caps the queue there.
+///
+/// Errors: the socket, bind or listen error (address in use, no
+/// permission, ...).
+pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    if let Some(cap) = somaxconn()
+        && cap < backlog
+    {
+        tracing::warn!(
+            %addr,
+            listen_backlog = backlog,
+            somaxconn = cap,
+            "the kernel caps the listen backlog at net.core.somaxconn; raise it (sysctl -w net.core.somaxconn={backlog}) so bursts of connects are not dropped"
+        );
+    }
+    socket.listen(backlog)
+}
+
+/// Linux's cap on listen backlogs (`/proc/sys/net/core/somaxconn`), if
+/// readable.
+fn somaxconn() -> Option<u32> {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then stops
@@ -212,5 +252,38 @@ impl hyper::body::Body for Tracked {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::net::TcpStream;
+    use tokio::time::timeout;
+
+    /// The backlog reaches `listen(2)`: with a backlog of 1 and nothing
+    /// accepting, Linux completes backlog + 1 = 2 handshakes and drops the
+    /// SYNs of the rest (tokio's own `bind` would queue 1,024).
+    #[tokio::test]
+    async fn the_listen_backlog_is_the_one_asked_for() {
+        let listener = super::bind("127.0.0.1:0".parse().expect("addr"), 1).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut connected = Vec::new();
+        let mut refused = 0;
+        for _ in 0..4 {
+            match timeout(Duration::from_millis(300), TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => connected.push(stream),
+                Ok(Err(e)) => panic!("connect failed: {e}"),
+                Err(_) => refused += 1,
+            }
+        }
+        assert_eq!((connected.len(), refused), (2, 2));
+        // Accepting one makes room for one more.
+        let (_first, _) = listener.accept().await.expect("accept");
+        timeout(Duration::from_millis(1000), TcpStream::connect(addr))
+            .await
+            .expect("room after an accept")
+            .expect("connect");
     }
 }
