@@ -594,6 +594,9 @@ async fn max_iterations_stops_a_model_that_keeps_calling_tools() {
     assert_eq!(row["error"]["code"], "max_iterations");
 }
 
+/// Accumulated mode: each step's content so far, coalesced (see
+/// tests/accumulated.rs): a step may come in several events, each a prefix
+/// of the next and named by its last delta, and always ends whole.
 #[tokio::test]
 async fn accumulated_mode_sends_content_so_far() {
     let upstream = MockUpstream::start().await;
@@ -605,7 +608,27 @@ async fn accumulated_mode_sends_content_so_far() {
         mock::finish("stop"),
     ]));
     let app = TestApp::start(&upstream.base_url).await;
-    let (_, got) = run(&app, json!({"message": "acc", "stream_mode": "accumulated"})).await;
+    let events = app.chat(json!({"message": "acc", "stream_mode": "accumulated"})).await;
+    let got: Vec<(String, Value)> = events.iter().map(|e| (e.event.clone(), e.data.clone())).collect();
+    let got = normalize(&got);
+    let ids: Vec<u64> = events.iter().map(|e| e.id.parse().expect("id")).collect();
+    // Each step's last event (earlier ones are prefixes of it).
+    let mut last: Vec<(u64, (String, Value))> = Vec::new();
+    for (id, event) in ids.into_iter().zip(got) {
+        if let Some((earlier_id, earlier)) = last.last()
+            && earlier.0 == "process_step"
+            && earlier.1["id"] == event.1["id"]
+        {
+            assert!(*earlier_id < id);
+            let (before, now) = (earlier.1["content"].as_str(), event.1["content"].as_str());
+            assert!(
+                now.zip(before).is_some_and(|(n, b)| n.starts_with(b)),
+                "{before:?} then {now:?}"
+            );
+            last.pop();
+        }
+        last.push((id, event));
+    }
     let content = |index: u32, kind: &str, content: &str| {
         (
             "process_step".to_string(),
@@ -613,14 +636,12 @@ async fn accumulated_mode_sends_content_so_far() {
         )
     };
     assert_eq!(
-        got,
+        last,
         vec![
-            start(),
-            content(0, "thinking", "a"),
-            content(0, "thinking", "ab"),
-            content(1, "text", "c"),
-            content(1, "text", "cd"),
-            done("stop", 0, 0, Some("acc")),
+            (1, start()),
+            (3, content(0, "thinking", "ab")),
+            (5, content(1, "text", "cd")),
+            (6, done("stop", 0, 0, Some("acc"))),
         ]
     );
 }

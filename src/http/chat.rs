@@ -60,7 +60,11 @@ pub struct ChatBody {
     #[serde(default)]
     #[schema(value_type = Option<ToolChoiceSchema>)]
     pub tool_choice: Option<Value>,
-    /// `"delta"` (default) or `"accumulated"`.
+    /// `"delta"` (default) or `"accumulated"`: thinking and text steps carry
+    /// `content` (the step so far) instead of `delta`, coalesced: at most one
+    /// event per step every 100 ms while the reply streams, always one with
+    /// the step's final content, sent before any other event; each event's
+    /// `id` is the id of the last delta it includes.
     #[serde(default)]
     #[schema(value_type = Option<StreamMode>)]
     pub stream_mode: StreamMode,
@@ -130,7 +134,11 @@ pub struct ResumeQuery {
     #[serde(default)]
     #[param(value_type = u64)]
     after: Option<u64>,
-    /// `delta` (default) or `accumulated`.
+    /// `delta` (default) or `accumulated` (`content` in place of `delta`,
+    /// coalesced as on `POST /api/chat`; events already produced come as one
+    /// event per step with its full content, whose `id` is the step's last
+    /// delta: a step that ends at or before `Last-Event-ID` is not sent again,
+    /// one that goes on past it is sent whole).
     #[serde(default)]
     #[param(value_type = StreamMode)]
     stream_mode: StreamMode,

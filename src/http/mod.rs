@@ -14,6 +14,7 @@
 //! Unknown routes and methods get the same JSON error shape as everything else.
 
 pub mod access;
+mod accumulate;
 mod chat;
 mod conversations;
 pub mod error;

@@ -133,8 +133,8 @@ impl SseEvent {
             (
                 "process_step",
                 StepEvent::name(),
-                "a step: thinking or text (a `delta`, or `content` in accumulated mode), a tool call, a tool \
-                 approval request or a tool result.",
+                "a step: thinking or text (a `delta`, or `content` in accumulated mode, coalesced: see \
+                 `stream_mode`), a tool call, a tool approval request or a tool result.",
             ),
             ("sources", SourcesEvent::name(), "documents a tool cited."),
             (

@@ -1,11 +1,11 @@
 //! Frames a reply's event log as Server-Sent Events.
 //!
-//! Every event has `id:` (its 1-based position in the reply), `event:` (its
-//! name) and `data:` (its JSON). A keep-alive comment follows each
-//! configured interval without an event; `X-Accel-Buffering: no` keeps nginx
-//! from buffering.
+//! Every event has `id:` (its 1-based position in the reply; in accumulated
+//! mode a coalesced step event has its last delta's), `event:` (its name)
+//! and `data:` (its JSON). A keep-alive comment follows each configured
+//! interval without an event; `X-Accel-Buffering: no` keeps nginx from
+//! buffering.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,23 +20,34 @@ use bytes::Bytes;
 use futures::Stream;
 use hyper::body::Frame;
 use serde::Deserialize;
-use serde_json::json;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
-use crate::chat::log::{Reply, Subscription, event_of};
+use super::accumulate::Accumulator;
+use crate::chat::log::{Reply, Subscription};
 use crate::config::ChatConfig;
-use crate::domain::{ChatEvent, StepKind};
-use crate::wire::sse::{self, KEEP_ALIVE};
+use crate::wire::sse::KEEP_ALIVE;
 
 /// How thinking and text steps carry their text: `delta` (default) or
 /// `accumulated`.
+///
+/// In `accumulated` mode step events are coalesced, so that a reply costs
+/// about its own size, not its size squared: at most one event per step
+/// every 100 ms while the reply streams live, and always one with the
+/// step's final content. A step's held content is sent before any other
+/// event, and at once when the stream has caught up with the reply and the
+/// step was not sent within the last 100 ms. Events already produced when
+/// read (a resume, a replay of a finished reply) come as one event per
+/// step with its full content. An event's `id` is the seq of the last
+/// delta it includes, so `Last-Event-ID` resumes exactly: a step whose last
+/// delta is at or before that id is not sent again, and one that goes on
+/// past it is sent with its full content.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, utoipa::ToSchema)]
 #[schema(rename_all = "lowercase")]
 pub enum StreamMode {
     /// `delta`: only the new text.
     #[default]
     Delta,
-    /// `content`: everything so far in that step.
+    /// `content`: everything so far in that step, coalesced (see above).
     Accumulated,
 }
 
@@ -53,21 +64,27 @@ impl<'de> Deserialize<'de> for StreamMode {
 }
 
 /// The SSE response for `reply`'s events after `after` (0: all of them).
-/// In accumulated mode the skipped events still count toward `content`.
+/// In accumulated mode the log is read from its start, so the skipped
+/// events still count toward `content`, and step events are coalesced (see
+/// [`super::accumulate`]).
 ///
 /// Delta frames are the bytes the log rendered when the event was appended
 /// (no per-subscriber formatting). A keep-alive comment (`:` and a blank
 /// line) follows every keep-alive interval in which nothing was sent, so a
-/// silent upstream never lets a proxy time the stream out; one timer per
-/// stream, not reset per event.
+/// silent upstream never lets a proxy time the stream out. One timer per
+/// stream, not reset per event: it runs to the keep-alive deadline, or to
+/// the held step's deadline in accumulated mode when that is earlier.
 pub fn sse_response(reply: &Arc<Reply>, after: u64, mode: StreamMode, config: &ChatConfig) -> Response {
-    let start = if mode == StreamMode::Accumulated { 0 } else { after };
+    let accumulated = mode == StreamMode::Accumulated;
     let period = Duration::from_millis(config.keepalive_interval_ms.max(1));
+    let keepalive_at = Instant::now() + period;
     let body = EventBody {
-        events: reply.subscribe(start),
+        events: reply.subscribe(if accumulated { 0 } else { after }),
         after,
-        so_far: (mode == StreamMode::Accumulated).then(HashMap::new),
-        keepalive: Box::pin(tokio::time::sleep(period)),
+        accumulated: accumulated.then(|| Accumulator::new(after)),
+        timer: Box::pin(tokio::time::sleep_until(keepalive_at)),
+        keepalive_at,
+        held_until: None,
         period,
         sent: false,
     };
@@ -79,34 +96,56 @@ pub fn sse_response(reply: &Arc<Reply>, after: u64, mode: StreamMode, config: &C
     response
 }
 
-/// The body of an SSE response: one frame per event read from the log,
-/// and keep-alive comments. It reads the log itself (one lock per event),
-/// rather than through a chain of stream adapters: this runs once per
-/// token per client.
+/// The body of an SSE response: one frame per event read from the log
+/// (accumulated mode: per coalesced event), and keep-alive comments. It
+/// reads the log itself (one lock per event), rather than through a chain
+/// of stream adapters: this runs once per token per client.
 struct EventBody {
     events: Subscription,
-    /// Events up to this seq are read (accumulated mode) but not sent.
+    /// Events up to this seq are not sent.
     after: u64,
-    /// Accumulated mode: every step's text so far, by step id.
-    so_far: Option<HashMap<String, String>>,
-    keepalive: Pin<Box<Sleep>>,
+    /// Accumulated mode: the steps' content and the held step.
+    accumulated: Option<Accumulator>,
+    /// The stream's one timer: due at `keepalive_at` or `held_until`,
+    /// whichever is earlier.
+    timer: Pin<Box<Sleep>>,
+    keepalive_at: Instant,
+    /// Accumulated mode: when the held step's event is due.
+    held_until: Option<Instant>,
     period: Duration,
     /// Whether an event was sent since the last keep-alive deadline.
     sent: bool,
 }
 
 impl EventBody {
-    /// The frame to send for `logged`, if any.
-    fn frame(&mut self, logged: &sse::Frame) -> Option<Bytes> {
-        // Accumulated mode reads every event, the skipped ones included.
-        let data = self
-            .so_far
-            .as_mut()
-            .and_then(|so_far| event_of(logged).and_then(|event| accumulate(so_far, &event)));
-        (logged.seq > self.after).then(|| match data {
-            Some(data) => sse::Frame::from_json(logged.seq, logged.name, &data).bytes(),
-            None => logged.bytes(),
-        })
+    /// Points the timer at the earlier of its two deadlines.
+    fn rearm(&mut self) {
+        let at = self.held_until.map_or(self.keepalive_at, |h| h.min(self.keepalive_at));
+        self.timer.as_mut().reset(at);
+    }
+
+    /// Accumulated mode, caught up with the log: the held step's event if
+    /// it is due; otherwise the timer is armed for when it is.
+    fn due(&mut self) -> Option<Bytes> {
+        let accumulator = self.accumulated.as_mut()?;
+        match accumulator.caught_up(Instant::now()) {
+            Ok(frame) => {
+                self.held_until = None;
+                frame
+            }
+            Err(at) => {
+                if self.held_until != Some(at) {
+                    self.held_until = Some(at);
+                    self.rearm();
+                }
+                None
+            }
+        }
+    }
+
+    fn send(&mut self, frame: Bytes) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.sent = true;
+        Poll::Ready(Some(Ok(Frame::data(frame))))
     }
 }
 
@@ -116,39 +155,48 @@ impl hyper::body::Body for EventBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = self.get_mut();
+        // Whatever is in the log is read without yielding to the timer.
         loop {
             match Pin::new(&mut this.events).poll_next(cx) {
                 Poll::Ready(Some(logged)) => {
-                    if let Some(frame) = this.frame(&logged) {
-                        this.sent = true;
-                        return Poll::Ready(Some(Ok(Frame::data(frame))));
+                    let frame = match &mut this.accumulated {
+                        None => (logged.seq > this.after).then(|| logged.bytes()),
+                        Some(accumulator) => accumulator.read(&logged, Instant::now()),
+                    };
+                    if let Some(frame) = frame {
+                        return this.send(frame);
                     }
                 }
-                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Ready(None) => {
+                    let last = this.accumulated.as_mut().and_then(|a| a.flush(Instant::now()));
+                    return match last {
+                        Some(frame) => this.send(frame),
+                        None => Poll::Ready(None),
+                    };
+                }
                 Poll::Pending => break,
             }
         }
-        while this.keepalive.as_mut().poll(cx).is_ready() {
-            let next = tokio::time::Instant::now() + this.period;
-            this.keepalive.as_mut().reset(next);
-            if !std::mem::take(&mut this.sent) {
-                return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(KEEP_ALIVE)))));
+        if let Some(frame) = this.due() {
+            return this.send(frame);
+        }
+        while this.timer.as_mut().poll(cx).is_ready() {
+            let now = Instant::now().max(this.timer.deadline());
+            if now >= this.keepalive_at {
+                this.keepalive_at = now + this.period;
+                this.rearm();
+                if !std::mem::take(&mut this.sent) {
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(KEEP_ALIVE)))));
+                }
+            } else {
+                // The held step's deadline.
+                this.held_until = None;
+                this.rearm();
+                if let Some(frame) = this.due() {
+                    return this.send(frame);
+                }
             }
         }
         Poll::Pending
     }
-}
-
-/// For a thinking or text delta, the step's JSON with `content` (all text so
-/// far) in place of `delta`.
-fn accumulate(so_far: &mut HashMap<String, String>, event: &ChatEvent) -> Option<String> {
-    let ChatEvent::Step(step) = event else { return None };
-    let (kind, delta) = match &step.kind {
-        StepKind::Thinking { delta: Some(d), .. } => ("thinking", d),
-        StepKind::Text { delta: Some(d), .. } => ("text", d),
-        _ => return None,
-    };
-    let text = so_far.entry(step.id.clone()).or_default();
-    text.push_str(delta);
-    Some(json!({"id": step.id, "index": step.index, "type": kind, "content": text}).to_string())
 }
