@@ -142,7 +142,7 @@ pub struct ErrorInfo {
     /// Stable machine-readable code, e.g. `invalid_json`, `invalid_request`, `invalid_id`, `unauthorized`,
     /// `not_found`, `method_not_allowed`, `conversation_busy`, `not_pending`, `reply_finished`,
     /// `payload_too_large`, `unsupported_media_type`, `validation_failed`, `conversation_too_long`,
-    /// `rate_limited`, `too_many_replies`, `internal`, `shutting_down`, `not_ready`. On a stored message:
+    /// `rate_limited`, `too_many_replies`, `too_many_streams`, `internal`, `shutting_down`, `not_ready`. On a stored message:
     /// the code of its `error` event.
     pub code: String,
     /// What went wrong and what to fix.

@@ -23,6 +23,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::time::Sleep;
 
+use super::access::StreamSlot;
 use crate::chat::log::{Reply, Subscription, event_of};
 use crate::config::ChatConfig;
 use crate::domain::{ChatEvent, StepKind};
@@ -54,13 +55,21 @@ impl<'de> Deserialize<'de> for StreamMode {
 
 /// The SSE response for `reply`'s events after `after` (0: all of them).
 /// In accumulated mode the skipped events still count toward `content`.
+/// The body holds `slot` (the caller's `limits.concurrent_streams` count)
+/// until it is dropped: at the stream's end or when the client goes away.
 ///
 /// Delta frames are the bytes the log rendered when the event was appended
 /// (no per-subscriber formatting). A keep-alive comment (`:` and a blank
 /// line) follows every keep-alive interval in which nothing was sent, so a
 /// silent upstream never lets a proxy time the stream out; one timer per
 /// stream, not reset per event.
-pub fn sse_response(reply: &Arc<Reply>, after: u64, mode: StreamMode, config: &ChatConfig) -> Response {
+pub fn sse_response(
+    reply: &Arc<Reply>,
+    after: u64,
+    mode: StreamMode,
+    config: &ChatConfig,
+    slot: StreamSlot,
+) -> Response {
     let start = if mode == StreamMode::Accumulated { 0 } else { after };
     let period = Duration::from_millis(config.keepalive_interval_ms.max(1));
     let body = EventBody {
@@ -70,6 +79,7 @@ pub fn sse_response(reply: &Arc<Reply>, after: u64, mode: StreamMode, config: &C
         keepalive: Box::pin(tokio::time::sleep(period)),
         period,
         sent: false,
+        _slot: slot,
     };
     let mut response = Response::new(Body::new(body));
     let headers = response.headers_mut();
@@ -93,6 +103,8 @@ struct EventBody {
     period: Duration,
     /// Whether an event was sent since the last keep-alive deadline.
     sent: bool,
+    /// Released with the body.
+    _slot: StreamSlot,
 }
 
 impl EventBody {
