@@ -87,9 +87,13 @@ pub struct Message {
     pub content: String,
     /// The reply's reasoning ("thinking") text, if any.
     pub reasoning: Option<String>,
-    /// The reply's steps in order (see the chat module's `StoredStep`).
-    #[schema(value_type = Vec<StoredStep>)]
-    pub steps: Value,
+    /// The reply's steps in order (see the chat module's `StoredStep`; a
+    /// user message has none). Only on a message read on its own
+    /// (`GET /api/conversations/{id}/messages/{message_id}`) or listed with
+    /// `?steps=true`; absent from other listings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Vec<StoredStep>, required = false)]
+    pub steps: Option<Value>,
     /// The reply's tool calls, OpenAI `tool_calls` shape.
     #[schema(value_type = Option<Vec<super::tool::ToolCall>>)]
     pub tool_calls: Option<Value>,

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::AppState;
-use super::access::{Caller, StreamSlot, too_many};
+use super::access::{Caller, too_many};
 use super::error::{ApiError, ErrorBody, parse_uuid};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::openapi::{ApproveResponse, CancelResponse, SseEvent, ToolChoiceSchema, ToolsSchema};
@@ -108,9 +108,8 @@ pub async fn post_chat(
     let mut input = body.into_input()?;
     let caller = caller_of(caller);
     // Both slots before the turn is committed: a refused request starts nothing.
-    let stream = match stream_slot(&state, &caller) {
-        Ok(stream) => stream,
-        Err(refused) => return Ok(refused),
+    let Some(stream) = state.access.stream_slot(&caller) else {
+        return Ok(too_many_streams(&state));
     };
     let Some(slot) = state.access.reply_slot(&caller) else {
         let limit = state.chat.config().limits.concurrent_replies;
@@ -132,20 +131,18 @@ fn caller_of(caller: Option<Extension<Caller>>) -> Caller {
         .unwrap_or_else(|| Caller("anonymous".into()))
 }
 
-/// One of the caller's `limits.concurrent_streams` slots, or the 429
-/// `too_many_streams` answer (with `Retry-After: 1`) when all are held.
-fn stream_slot(state: &AppState, caller: &Caller) -> Result<StreamSlot, Response> {
-    state.access.stream_slot(caller).ok_or_else(|| {
-        let limit = state.chat.config().limits.concurrent_streams;
-        too_many(
-            "too_many_streams",
-            format!(
-                "this key already has {limit} event streams open (limits.concurrent_streams); close one \
-                 (a chat stream or a GET /api/chat/{{message_id}}/events) and retry"
-            ),
-            1,
-        )
-    })
+/// The 429 `too_many_streams` answer (with `Retry-After: 1`) when all of a
+/// caller's `limits.concurrent_streams` slots are held.
+fn too_many_streams(state: &AppState) -> Response {
+    let limit = state.chat.config().limits.concurrent_streams;
+    too_many(
+        "too_many_streams",
+        format!(
+            "this key already has {limit} event streams open (limits.concurrent_streams); close one \
+             (a chat stream or a GET /api/chat/{{message_id}}/events) and retry"
+        ),
+        1,
+    )
 }
 
 /// Query of `GET /api/chat/{message_id}/events`.
@@ -209,9 +206,8 @@ pub async fn resume(
             .ok_or_else(|| ApiError::invalid_request("Last-Event-ID must be a whole number (an event id)"))?,
         None => query.after.unwrap_or(0),
     };
-    let stream = match stream_slot(&state, &caller_of(caller)) {
-        Ok(stream) => stream,
-        Err(refused) => return Ok(refused),
+    let Some(stream) = state.access.stream_slot(&caller_of(caller)) else {
+        return Ok(too_many_streams(&state));
     };
     let reply = state.chat.reply_for_resume(message_id).await?;
     Ok(sse_response(
