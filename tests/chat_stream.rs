@@ -1032,7 +1032,7 @@ async fn the_next_message_sent_as_soon_as_done_arrives_is_accepted() {
     }
     let (_, messages) = app
         .get(&format!(
-            "/api/conversations/{}/messages",
+            "/api/conversations/{}/messages?limit=200",
             conversation_id.as_str().unwrap_or_default()
         ))
         .await;
