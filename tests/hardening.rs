@@ -429,14 +429,7 @@ async fn concurrent_sse_streams_per_key_are_capped() {
         c.limits.concurrent_streams = 3;
     })
     .await;
-    let chat = app
-        .http
-        .post(app.url("/api/chat"))
-        .bearer_auth(A)
-        .json(&json!({"message": "slow"}))
-        .send()
-        .await
-        .expect("chat");
+    let chat = app.post_chat_as(A, &json!({"message": "slow"})).await;
     assert_eq!(chat.status(), 200);
     let mut chat = support::sse::events_of(chat);
     let start = next(&mut chat).await;
@@ -452,15 +445,7 @@ async fn concurrent_sse_streams_per_key_are_capped() {
     }
     assert_too_many_streams(resume_with(&app, A, &message_id).await, 3).await;
     // A refused chat commits no turn and asks the upstream nothing.
-    let r = app
-        .http
-        .post(app.url("/api/chat"))
-        .bearer_auth(A)
-        .json(&json!({"message": "one too many"}))
-        .send()
-        .await
-        .expect("chat");
-    assert_too_many_streams(r, 3).await;
+    assert_too_many_streams(app.post_chat_as(A, &json!({"message": "one too many"})).await, 3).await;
     let messages: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM messages")
         .fetch_one(&app.db().await)
         .await
