@@ -143,7 +143,12 @@ async fn plain_reply_streams_and_is_stored() {
         .expect("read")
         .expect("conversation row");
     assert_eq!(conversation.title.as_deref(), Some("Say hello"));
-    let rows = store.messages(conv_id).await.expect("messages");
+    let all = chatd::store::MessageQuery {
+        limit: 200,
+        before: None,
+        steps: true,
+    };
+    let rows = store.messages(conv_id, all).await.expect("messages").expect("a page");
     assert_eq!(rows.len(), 2);
     assert_eq!(
         rows[0].id.to_string(),
@@ -164,7 +169,7 @@ async fn plain_reply_streams_and_is_stored() {
     );
     assert_eq!(
         rows[1].steps,
-        json!([{"round": 0, "id": "step-0", "index": 0, "type": "text", "content": "Hello!"}])
+        Some(json!([{"round": 0, "id": "step-0", "index": 0, "type": "text", "content": "Hello!"}]))
     );
     let ledger = store.usage().await.expect("ledger");
     assert_eq!(ledger.len(), 1);
@@ -1048,7 +1053,7 @@ async fn the_next_message_sent_as_soon_as_done_arrives_is_accepted() {
     }
     let (_, messages) = app
         .get(&format!(
-            "/api/conversations/{}/messages",
+            "/api/conversations/{}/messages?limit=200",
             conversation_id.as_str().unwrap_or_default()
         ))
         .await;

@@ -389,3 +389,91 @@ async fn the_binary_warns_when_authentication_is_off() {
     assert!(up, "chatd did not start: {text}");
     assert!(text.contains("authentication is off"), "{text}");
 }
+
+/// `GET /api/chat/{message_id}/events` with `key`; the status is the
+/// caller's to check.
+async fn resume_with(app: &TestApp, key: &str, message_id: &str) -> reqwest::Response {
+    app.http
+        .get(app.url(&format!("/api/chat/{message_id}/events")))
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("resume")
+}
+
+/// Checks a 429 `too_many_streams` answer naming the limit, with `Retry-After`.
+async fn assert_too_many_streams(r: reqwest::Response, limit: u32) {
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    let body: Value = r.json().await.expect("JSON");
+    assert_eq!(body["error"]["code"], "too_many_streams");
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(
+        message.contains(&format!("{limit} event streams open (limits.concurrent_streams)")),
+        "{message}"
+    );
+}
+
+/// Item 7: a key holds at most `limits.concurrent_streams` SSE responses
+/// (its chat streams and resumes) at once; one more gets 429
+/// `too_many_streams`, a refused chat starts no reply, a closed stream frees
+/// its slot, and another key is not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sse_streams_per_key_are_capped() {
+    const A: &str = "stream-key-a-0123456789";
+    const B: &str = "stream-key-b-0123456789";
+    let upstream = MockUpstream::start().await;
+    upstream.push(slow_text(150, 20));
+    let app = TestApp::start_tweaked(&upstream.base_url, |c| {
+        c.api_keys = vec![A.into(), B.into()];
+        c.limits.concurrent_streams = 3;
+    })
+    .await;
+    let chat = app.post_chat_as(A, &json!({"message": "slow"})).await;
+    assert_eq!(chat.status(), 200);
+    let mut chat = support::sse::events_of(chat);
+    let start = next(&mut chat).await;
+    let message_id = start.message_id();
+    // The chat stream and two resumes: three streams of key A.
+    let mut resumes = Vec::new();
+    for _ in 0..2 {
+        let r = resume_with(&app, A, &message_id).await;
+        assert_eq!(r.status(), 200);
+        let mut events = support::sse::events_of(r);
+        assert_eq!(next(&mut events).await.event, "start");
+        resumes.push(events);
+    }
+    assert_too_many_streams(resume_with(&app, A, &message_id).await, 3).await;
+    // A refused chat commits no turn and asks the upstream nothing.
+    assert_too_many_streams(app.post_chat_as(A, &json!({"message": "one too many"})).await, 3).await;
+    let messages: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM messages")
+        .fetch_one(&app.db().await)
+        .await
+        .expect("count");
+    assert_eq!(messages, 2);
+    assert_eq!(upstream.received().len(), 1);
+    // Another key has its own streams.
+    let r = resume_with(&app, B, &message_id).await;
+    assert_eq!(r.status(), 200);
+    let mut other = support::sse::events_of(r);
+    assert_eq!(next(&mut other).await.event, "start");
+    // Closing one of A's streams frees its slot once the server sees it gone
+    // (at its next write: a token every 20 ms).
+    drop(resumes.pop());
+    let mut accepted = None;
+    for _ in 0..250 {
+        let r = resume_with(&app, A, &message_id).await;
+        if r.status() == 200 {
+            accepted = Some(r);
+            break;
+        }
+        assert_too_many_streams(r, 3).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut again = support::sse::events_of(accepted.expect("a slot freed by the closed stream"));
+    assert_eq!(next(&mut again).await.event, "start");
+    assert_too_many_streams(resume_with(&app, A, &message_id).await, 3).await;
+    // Every stream still reads the whole reply.
+    let end = rest(&mut again).await;
+    assert_eq!(end.last().expect("end").event, "done");
+}

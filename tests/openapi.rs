@@ -25,6 +25,7 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/api/conversations", &["get", "post"]),
     ("/api/conversations/{id}", &["get", "patch", "delete"]),
     ("/api/conversations/{id}/messages", &["get"]),
+    ("/api/conversations/{id}/messages/{message_id}", &["get"]),
     ("/api/tools", &["get"]),
     ("/api/models", &["get"]),
     ("/healthz", &["get"]),
@@ -476,11 +477,52 @@ async fn real_responses_and_events_match_their_schemas() {
             None,
         )
         .await;
+    assert_eq!(messages["next_before"], Value::Null);
     let messages = messages["messages"].as_array().expect("messages");
     assert_eq!(messages.len(), 4);
-    assert!(messages[1]["steps"].as_array().is_some_and(|s| s.len() >= 3));
+    assert!(messages.iter().all(|m| m.get("steps").is_none()));
     assert!(messages[1]["tool_calls"].is_array());
     assert!(messages[3]["error"].is_object());
+    let m = "/api/conversations/{id}/messages";
+    let paged = schemas
+        .call(
+            &app,
+            "get",
+            m,
+            &format!("/api/conversations/{conversation_id}/messages?limit=3&steps=true"),
+            None,
+        )
+        .await;
+    assert!(paged["next_before"].is_string());
+    assert!(paged["messages"][0]["steps"].as_array().is_some_and(|s| s.len() >= 3));
+    for query in ["limit=0", "before=nope", &format!("before={message_id}&limit=201")] {
+        schemas
+            .call(
+                &app,
+                "get",
+                m,
+                &format!("/api/conversations/{conversation_id}/messages?{query}"),
+                None,
+            )
+            .await;
+    }
+    let one = "/api/conversations/{id}/messages/{message_id}";
+    let reply = schemas
+        .call(
+            &app,
+            "get",
+            one,
+            &format!("/api/conversations/{conversation_id}/messages/{message_id}"),
+            None,
+        )
+        .await;
+    assert!(reply["steps"].as_array().is_some_and(|s| s.len() >= 3));
+    for path in [
+        format!("/api/conversations/{conversation_id}/messages/{conversation_id}"),
+        format!("/api/conversations/{conversation_id}/messages/nope"),
+    ] {
+        schemas.call(&app, "get", one, &path, None).await;
+    }
     schemas
         .call(&app, "get", c, &format!("/api/conversations/{conversation_id}"), None)
         .await;

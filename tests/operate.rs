@@ -22,13 +22,7 @@ async fn keyed_app(upstream: &MockUpstream, tweak: impl FnOnce(&mut Config)) -> 
 
 /// POSTs `/api/chat` with `message` and the right key.
 async fn keyed_chat(app: &TestApp, message: &str) -> reqwest::Response {
-    app.http
-        .post(app.url("/api/chat"))
-        .bearer_auth(KEY)
-        .json(&json!({"message": message}))
-        .send()
-        .await
-        .expect("post")
+    app.post_chat_as(KEY, &json!({"message": message})).await
 }
 
 #[tokio::test]

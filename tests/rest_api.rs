@@ -952,12 +952,14 @@ async fn messages_after_a_chat_turn_are_user_then_assistant() {
         &get(&app, &format!("/api/conversations/{conversation_id}/messages")).await,
         200,
     );
-    assert_eq!(keys(&body), set(&["messages"]));
+    assert_eq!(keys(&body), set(&["messages", "next_before"]));
+    assert_eq!(body["next_before"], Value::Null);
     let messages = body["messages"].as_array().expect("messages array");
     assert_eq!(messages.len(), 2, "{body:#}");
     let (user, assistant) = (&messages[0], &messages[1]);
+    let listed_keys: Vec<&str> = MESSAGE_KEYS.iter().copied().filter(|k| *k != "steps").collect();
     for m in messages {
-        assert_eq!(keys(m), set(MESSAGE_KEYS), "{m}");
+        assert_eq!(keys(m), set(&listed_keys), "a listed message has no steps: {m}");
         assert_eq!(m["conversation_id"], json!(conversation_id));
         assert_uuid(&m["id"]);
         assert_rfc3339(&m["created_at"]);
@@ -967,7 +969,6 @@ async fn messages_after_a_chat_turn_are_user_then_assistant() {
     assert_eq!(user["role"], "user");
     assert_eq!(user["content"], "Hello");
     assert_eq!(user["status"], "complete");
-    assert_eq!(user["steps"], json!([]));
     assert_eq!(user["usage"], Value::Null);
     assert!(assert_rfc3339(&user["created_at"]) <= assert_rfc3339(&assistant["created_at"]));
 
@@ -982,13 +983,52 @@ async fn messages_after_a_chat_turn_are_user_then_assistant() {
         json!({"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7})
     );
     assert_eq!(
-        assistant["steps"],
-        json!([{"id": "step-0", "index": 0, "type": "text", "content": "Hi there", "round": 0}])
-    );
-    assert_eq!(
         (&assistant["reasoning"], &assistant["tool_calls"], &assistant["error"]),
         (&Value::Null, &Value::Null, &Value::Null)
     );
+
+    // With ?steps=true, and on the single-message route, the steps are there.
+    let stepped = ok_json(
+        &get(
+            &app,
+            &format!("/api/conversations/{conversation_id}/messages?steps=true"),
+        )
+        .await,
+        200,
+    );
+    let reply_steps = json!([{"id": "step-0", "index": 0, "type": "text", "content": "Hi there", "round": 0}]);
+    let stepped = stepped["messages"].as_array().expect("messages array");
+    for (listed, with_steps) in messages.iter().zip(stepped) {
+        let mut with_steps = with_steps.clone();
+        let steps = with_steps.as_object_mut().expect("object").remove("steps");
+        let expected = if listed["role"] == "user" {
+            json!([])
+        } else {
+            reply_steps.clone()
+        };
+        assert_eq!(steps, Some(expected));
+        assert_eq!(&with_steps, listed, "the same message otherwise");
+    }
+    let user_id = user["id"].as_str().expect("id");
+    let one = ok_json(
+        &get(
+            &app,
+            &format!("/api/conversations/{conversation_id}/messages/{assistant_id}"),
+        )
+        .await,
+        200,
+    );
+    assert_eq!(keys(&one), set(MESSAGE_KEYS));
+    assert_eq!(one, stepped[1]);
+    let one = ok_json(
+        &get(
+            &app,
+            &format!("/api/conversations/{conversation_id}/messages/{user_id}"),
+        )
+        .await,
+        200,
+    );
+    assert_eq!(one, stepped[0]);
 
     let unknown = uuid::Uuid::now_v7();
     assert_error(
@@ -997,6 +1037,115 @@ async fn messages_after_a_chat_turn_are_user_then_assistant() {
         "not_found",
     );
     assert_error(&get(&app, "/api/conversations/abc/messages").await, 400, "invalid_id");
+    assert_error(
+        &get(
+            &app,
+            &format!("/api/conversations/{conversation_id}/messages?steps=yes"),
+        )
+        .await,
+        400,
+        "invalid_request",
+    );
+    // One message: of this conversation only.
+    let other = create_conversation(&app, json!({})).await;
+    let other_id = other["id"].as_str().expect("id");
+    for path in [
+        format!("/api/conversations/{other_id}/messages/{assistant_id}"),
+        format!("/api/conversations/{conversation_id}/messages/{unknown}"),
+        format!("/api/conversations/{unknown}/messages/{assistant_id}"),
+    ] {
+        assert_error(&get(&app, &path).await, 404, "not_found");
+    }
+    assert_error(
+        &get(&app, &format!("/api/conversations/{conversation_id}/messages/nope")).await,
+        400,
+        "invalid_id",
+    );
+}
+
+/// What identifies a listed message: a user message by its text, a reply by its id.
+fn message_key(m: &Value) -> String {
+    match m["role"].as_str() {
+        Some("user") => m["content"].as_str().expect("content").to_string(),
+        _ => m["id"].as_str().expect("id").to_string(),
+    }
+}
+
+#[tokio::test]
+async fn messages_come_newest_page_first_and_walk_back_to_the_first() {
+    let (mock, app) = start().await;
+    let first = chat_turn(&app, &mock, json!({"message": "m000"}), &["r"]).await;
+    let id = assert_uuid(&first["conversation_id"]);
+    let mut expected = vec!["m000".to_string(), assert_uuid(&first["message_id"])];
+    for i in 1..60 {
+        let text = format!("m{i:03}");
+        let done = chat_turn(&app, &mock, json!({"message": text, "conversation_id": id}), &["r"]).await;
+        expected.extend([text, assert_uuid(&done["message_id"])]);
+    }
+    assert_eq!(expected.len(), 120);
+    let path = format!("/api/conversations/{id}/messages");
+
+    // The default page: the newest 50, oldest first; walking `next_before`
+    // back gives 50, 50 and 20, with neither overlap nor gap.
+    let mut pages: Vec<Vec<String>> = Vec::new();
+    let mut cursors = Vec::new();
+    let mut query = String::new();
+    loop {
+        let page = ok_json(&get(&app, &format!("{path}{query}")).await, 200);
+        let messages = page["messages"].as_array().expect("messages");
+        assert!(messages.iter().all(|m| m.get("steps").is_none()), "no steps by default");
+        pages.push(messages.iter().map(message_key).collect());
+        match page["next_before"].as_str() {
+            Some(before) => {
+                assert_eq!(before, messages[0]["id"], "next_before is the page's oldest message");
+                cursors.push(before.to_string());
+                query = format!("?before={before}");
+            }
+            None => break,
+        }
+        assert!(pages.len() < 10, "next_before never ran out");
+    }
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [50, 50, 20]);
+    assert_eq!(pages[0], expected[70..]);
+    assert_eq!(pages[1], expected[20..70]);
+    assert_eq!(pages[2], expected[..20]);
+    assert_eq!(cursors.len(), 2);
+
+    // Named limits, with the same cursor, and with the steps.
+    let page = ok_json(&get(&app, &format!("{path}?limit=200")).await, 200);
+    assert_eq!(page["messages"].as_array().expect("messages").len(), 120);
+    assert_eq!(page["next_before"], Value::Null);
+    let page = ok_json(&get(&app, &format!("{path}?limit=1&before={}", cursors[1])).await, 200);
+    let messages = page["messages"].as_array().expect("messages");
+    assert_eq!(messages.iter().map(message_key).collect::<Vec<_>>(), expected[19..20]);
+    assert_eq!(page["next_before"], messages[0]["id"]);
+    let page = ok_json(&get(&app, &format!("{path}?limit=2&steps=true")).await, 200);
+    let messages = page["messages"].as_array().expect("messages");
+    assert_eq!(messages[0]["steps"], json!([]));
+    assert_eq!(
+        messages[1]["steps"],
+        json!([{"id": "step-0", "index": 0, "type": "text", "content": "r", "round": 0}])
+    );
+
+    // Bad values: the answers of the conversations list.
+    for limit in ["0", "201", "-1"] {
+        let message = assert_error(
+            &get(&app, &format!("{path}?limit={limit}")).await,
+            422,
+            "validation_failed",
+        );
+        assert_eq!(message, format!("limit must be between 1 and 200, got {limit}"));
+    }
+    assert_error(&get(&app, &format!("{path}?limit=ten")).await, 400, "invalid_request");
+    assert_error(&get(&app, &format!("{path}?before=nope")).await, 400, "invalid_id");
+    assert_error(&get(&app, &format!("{path}?page=2")).await, 400, "invalid_request");
+    let unknown = uuid::Uuid::now_v7();
+    let message = assert_error(&get(&app, &format!("{path}?before={unknown}")).await, 404, "not_found");
+    assert!(message.contains("message of this conversation"), "{message}");
+    // A message of another conversation is no cursor here.
+    let other = chat_turn(&app, &mock, json!({"message": "elsewhere"}), &["r"]).await;
+    let foreign = assert_uuid(&other["message_id"]);
+    assert_error(&get(&app, &format!("{path}?before={foreign}")).await, 404, "not_found");
 }
 
 #[tokio::test]
@@ -1004,7 +1153,10 @@ async fn messages_of_a_conversation_without_turns_is_empty() {
     let (_mock, app) = start().await;
     let c = create_conversation(&app, json!({})).await;
     let path = format!("/api/conversations/{}/messages", c["id"].as_str().expect("id"));
-    assert_eq!(ok_json(&get(&app, &path).await, 200), json!({"messages": []}));
+    assert_eq!(
+        ok_json(&get(&app, &path).await, 200),
+        json!({"messages": [], "next_before": null})
+    );
 }
 
 #[tokio::test]

@@ -335,7 +335,13 @@ async fn two_hundred_concurrent_replies_are_all_stored() {
         .expect("page");
     let mut rows = Vec::new();
     for conversation in &conversations {
-        rows.extend(store.messages(conversation.id).await.expect("messages"));
+        let all = chatd::store::MessageQuery {
+            limit: 200,
+            before: None,
+            steps: false,
+        };
+        let page = store.messages(conversation.id, all).await.expect("messages");
+        rows.extend(page.expect("a page"));
     }
     assert_eq!(rows.len(), 2 * N);
     for row in &rows {

@@ -500,22 +500,37 @@ pub async fn verify_stored(target: &Target, outcomes: &[Outcome]) -> (usize, Vec
 }
 
 /// A conversation's messages in the OpenAI shape (role and content), as
-/// chatd would send them upstream.
+/// chatd would send them upstream: every page of
+/// `GET /api/conversations/{id}/messages`, walked back from the newest.
 pub async fn history(target: &Target, conversation: Uuid) -> anyhow::Result<Vec<Value>> {
-    let url = format!("{}/api/conversations/{conversation}/messages", target.base);
-    let body: Value = target
-        .client(0)
-        .get(url)
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let messages = body["messages"]
-        .as_array()
-        .ok_or_else(|| anyhow::anyhow!("no messages in {body}"))?;
-    Ok(messages
-        .iter()
-        .map(|m| json!({"role": m["role"], "content": m["content"]}))
-        .collect())
+    let mut pages: Vec<Vec<Value>> = Vec::new();
+    let mut before: Option<String> = None;
+    loop {
+        let mut url = format!("{}/api/conversations/{conversation}/messages?limit=200", target.base);
+        if let Some(before) = &before {
+            url.push_str(&format!("&before={before}"));
+        }
+        let body: Value = target
+            .client(0)
+            .get(url)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let messages = body["messages"]
+            .as_array()
+            .ok_or_else(|| anyhow::anyhow!("no messages in {body}"))?;
+        pages.push(
+            messages
+                .iter()
+                .map(|m| json!({"role": m["role"], "content": m["content"]}))
+                .collect(),
+        );
+        match body["next_before"].as_str() {
+            Some(next) => before = Some(next.to_string()),
+            None => break,
+        }
+    }
+    Ok(pages.into_iter().rev().flatten().collect())
 }

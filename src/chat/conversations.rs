@@ -11,13 +11,23 @@ use super::input::{MAX_TITLE_BYTES, SettingsInput, validate_length, validate_pro
 use super::registry::ReplyRegistry;
 use super::service::cancel_and_wait;
 use crate::domain::{Conversation, ConversationPatch, Message, NewConversation};
-use crate::store::Store;
+use crate::store::{MessageQuery, Store};
 
 /// One page of conversations, most recently updated first.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConversationPage {
     pub conversations: Vec<Conversation>,
     /// The id to pass as `before` for the next page; `None` on the last.
+    pub next_before: Option<Uuid>,
+}
+
+/// One page of a conversation's messages: the newest of those asked for,
+/// oldest first.
+#[derive(Debug, Clone)]
+pub struct MessagePage {
+    pub messages: Vec<Message>,
+    /// The id to pass as `before` for the previous (older) page: the page's
+    /// oldest message; `None` when no older message exists.
     pub next_before: Option<Uuid>,
 }
 
@@ -63,7 +73,7 @@ impl ConversationService {
             .store
             .list_conversations(limit, before)
             .await?
-            .ok_or(ChatError::CursorNotFound)?;
+            .ok_or(ChatError::CursorNotFound { what: "conversation" })?;
         let next_before = (page.len() == limit as usize)
             .then(|| page.last().map(|c| c.id))
             .flatten();
@@ -140,11 +150,52 @@ impl ConversationService {
         }
     }
 
-    /// Every message of the conversation, oldest first.
+    /// A page of the conversation's messages: the newest `limit` (see
+    /// [`Self::page_size`]) older than the message `before` (of all when
+    /// `None`), oldest first, with their `steps` only when `steps` is true.
+    /// Walking `next_before` back visits every message once.
     ///
-    /// Errors: [`ChatError::ConversationNotFound`]; [`ChatError::Store`].
-    pub async fn messages(&self, id: Uuid) -> Result<Vec<Message>, ChatError> {
+    /// Errors: [`ChatError::ConversationNotFound`];
+    /// [`ChatError::CursorNotFound`] when `before` is not a message of this
+    /// conversation; [`ChatError::Store`].
+    pub async fn messages(
+        &self,
+        id: Uuid,
+        limit: u32,
+        before: Option<Uuid>,
+        steps: bool,
+    ) -> Result<MessagePage, ChatError> {
         self.get(id).await?;
-        Ok(self.store.messages(id).await?)
+        // One more than the page: whether an older message exists.
+        let query = MessageQuery {
+            limit: limit.saturating_add(1),
+            before,
+            steps,
+        };
+        let mut messages = self.store.messages(id, query).await?.ok_or(ChatError::CursorNotFound {
+            what: "message of this conversation",
+        })?;
+        let older = messages.len() > limit as usize;
+        if older {
+            messages.remove(0);
+        }
+        let next_before = older.then(|| messages.first().map(|m| m.id)).flatten();
+        Ok(MessagePage { messages, next_before })
+    }
+
+    /// One message of the conversation, with its steps.
+    ///
+    /// Errors: [`ChatError::ConversationNotFound`];
+    /// [`ChatError::MessageNotFound`] when the conversation has no message
+    /// `message_id` (also when another conversation has);
+    /// [`ChatError::Store`].
+    pub async fn message(&self, id: Uuid, message_id: Uuid) -> Result<Message, ChatError> {
+        match self.store.message(message_id).await? {
+            Some(message) if message.conversation_id == id => Ok(message),
+            _ => {
+                self.get(id).await?;
+                Err(ChatError::MessageNotFound(message_id))
+            }
+        }
     }
 }

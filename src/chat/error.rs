@@ -13,9 +13,10 @@ pub enum ChatError {
     /// No conversation has that id.
     #[error("conversation {0} not found")]
     ConversationNotFound(Uuid),
-    /// The conversation named as a listing's `before` cursor does not exist.
-    #[error("the conversation named by `before` does not exist")]
-    CursorNotFound,
+    /// A listing's `before` cursor names nothing it lists: `what` says what
+    /// it must name ("conversation", "message of this conversation").
+    #[error("`before` must name a {what} (a previous page's `next_before`); no such {what} exists")]
+    CursorNotFound { what: &'static str },
     /// No reply (assistant message) has that id.
     #[error("message {0} not found")]
     MessageNotFound(Uuid),

@@ -32,7 +32,7 @@ mod think;
 pub mod title;
 mod turn;
 
-pub use conversations::{ConversationPage, ConversationService};
+pub use conversations::{ConversationPage, ConversationService, MessagePage};
 pub use error::ChatError;
 pub use input::{
     ChatInput, Settings, SettingsInput, ToolChoice, ToolSelection, validate_project_id, validate_settings,

@@ -42,7 +42,11 @@ async fn compact(store: &dyn Replays, message: &Message) -> Result<Vec<Frame>, S
         message_id: message.id,
         model: message.model.clone().unwrap_or_default(),
     })];
-    let steps: Vec<StoredStep> = serde_json::from_value(message.steps.clone()).unwrap_or_default();
+    let steps: Vec<StoredStep> = message
+        .steps
+        .clone()
+        .and_then(|steps| serde_json::from_value(steps).ok())
+        .unwrap_or_default();
     events.extend(steps.into_iter().map(|s| ChatEvent::Step(s.step)));
     events.push(terminal(message));
     Ok(events

@@ -75,8 +75,15 @@ pub struct LimitsConfig {
     /// Requests per minute per key, on every limited route; more get 429
     /// with `Retry-After` (seconds).
     pub requests_per_minute: u32,
-    /// Replies running at once per key; more get 429.
+    /// Replies running at once per key; more get 429 `too_many_replies`.
     pub concurrent_replies: u32,
+    /// SSE responses open at once per key: every `POST /api/chat` stream and
+    /// every `GET /api/chat/{message_id}/events` (a follower or resume), from
+    /// the response's start until its body is dropped (the stream ended or
+    /// the client went away). One more gets 429 `too_many_streams` with
+    /// `Retry-After`, and a refused `POST /api/chat` starts no reply.
+    /// Default 32. Like every per-key limit, off without authentication.
+    pub concurrent_streams: u32,
     /// Most messages in one conversation; a new message past it gets 422
     /// `conversation_too_long`.
     pub max_conversation_messages: u32,
@@ -87,6 +94,7 @@ impl Default for LimitsConfig {
         Self {
             requests_per_minute: 600,
             concurrent_replies: 16,
+            concurrent_streams: 32,
             max_conversation_messages: 10_000,
         }
     }
@@ -135,11 +143,15 @@ impl HttpConfig {
 }
 
 impl LimitsConfig {
-    /// Checks that `requests_per_minute` and `concurrent_replies` are at
-    /// least 1. Errors: [`ConfigError::Invalid`].
+    /// Checks that `requests_per_minute`, `concurrent_replies` and
+    /// `concurrent_streams` are at least 1. Errors: [`ConfigError::Invalid`]
+    /// naming the setting.
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         if self.requests_per_minute == 0 || self.concurrent_replies == 0 {
             return invalid("limits.requests_per_minute and limits.concurrent_replies must be at least 1");
+        }
+        if self.concurrent_streams == 0 {
+            return invalid("limits.concurrent_streams must be at least 1");
         }
         Ok(())
     }

@@ -280,3 +280,16 @@ fn llm_transport_is_auto_or_reqwest_from_the_file_or_the_env() {
     let err = Config::load_with_env(None, env(&[("CHATD_LLM_TRANSPORT", "inline")])).expect_err("unknown transport");
     assert!(err.to_string().contains("`reqwest`"), "{err}");
 }
+
+#[test]
+fn concurrent_streams_defaults_to_32_and_must_be_at_least_1() {
+    let c = Config::load_with_env(None, env(&[])).expect("defaults load");
+    assert_eq!(c.limits.concurrent_streams, 32);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(&dir, "[limits]\nconcurrent_streams = 4\n");
+    let c = Config::load_with_env(Some(&path), env(&[])).expect("load");
+    assert_eq!(c.limits.concurrent_streams, 4);
+    let path = write(&dir, "[limits]\nconcurrent_streams = 0\n");
+    let err = Config::load_with_env(Some(&path), env(&[])).expect_err("zero streams");
+    assert!(err.to_string().contains("limits.concurrent_streams"), "{err}");
+}

@@ -87,9 +87,13 @@ pub struct Message {
     pub content: String,
     /// The reply's reasoning ("thinking") text, if any.
     pub reasoning: Option<String>,
-    /// The reply's steps in order (see the chat module's `StoredStep`).
-    #[schema(value_type = Vec<StoredStep>)]
-    pub steps: Value,
+    /// The reply's steps in order (see the chat module's `StoredStep`; a
+    /// user message has none). Only on a message read on its own
+    /// (`GET /api/conversations/{id}/messages/{message_id}`) or listed with
+    /// `?steps=true`; absent from other listings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Vec<StoredStep>, required = false)]
+    pub steps: Option<Value>,
     /// The reply's tool calls, OpenAI `tool_calls` shape.
     #[schema(value_type = Option<Vec<super::tool::ToolCall>>)]
     pub tool_calls: Option<Value>,
@@ -142,7 +146,7 @@ pub struct ErrorInfo {
     /// Stable machine-readable code, e.g. `invalid_json`, `invalid_request`, `invalid_id`, `unauthorized`,
     /// `not_found`, `method_not_allowed`, `conversation_busy`, `not_pending`, `reply_finished`,
     /// `payload_too_large`, `unsupported_media_type`, `validation_failed`, `conversation_too_long`,
-    /// `rate_limited`, `too_many_replies`, `internal`, `shutting_down`, `not_ready`. On a stored message:
+    /// `rate_limited`, `too_many_replies`, `too_many_streams`, `internal`, `shutting_down`, `not_ready`. On a stored message:
     /// the code of its `error` event.
     pub code: String,
     /// What went wrong and what to fix.

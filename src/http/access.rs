@@ -2,7 +2,8 @@
 //! `/api/openapi.json`:
 //! API keys (`Authorization: Bearer <key>`, compared as SHA-256 digests in
 //! constant time) and per-key limits (requests per minute, replies running
-//! at once), enforced with the `governor` crate and a semaphore per key.
+//! at once, SSE streams open at once), enforced with the `governor` crate
+//! and a semaphore per key and limit.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -30,20 +31,52 @@ pub struct Caller(pub String);
 /// the reply ends (the chat task holds it).
 pub struct ReplySlot(#[allow(dead_code)] OwnedSemaphorePermit);
 
-/// Keys, rate limiter and per-key reply slots.
+/// An open SSE response's slot in its caller's stream limit; released when
+/// the response body is dropped (the stream ended or the client went away).
+pub struct StreamSlot(#[allow(dead_code)] OwnedSemaphorePermit);
+
+/// A count per caller of something held at once (replies, streams): a
+/// semaphore of `limit` permits per caller, made on first use.
+struct PerCaller {
+    semaphores: Mutex<HashMap<String, Arc<Semaphore>>>,
+    limit: usize,
+}
+
+impl PerCaller {
+    fn new(limit: usize) -> Self {
+        Self {
+            semaphores: Mutex::new(HashMap::new()),
+            limit,
+        }
+    }
+
+    /// One of `caller`'s permits; `None` when all `limit` are held.
+    fn take(&self, caller: &Caller) -> Option<OwnedSemaphorePermit> {
+        let semaphore = {
+            let mut semaphores = self.semaphores.lock().unwrap_or_else(|p| p.into_inner());
+            semaphores
+                .entry(caller.0.clone())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.limit)))
+                .clone()
+        };
+        semaphore.try_acquire_owned().ok()
+    }
+}
+
+/// Keys, rate limiter, and per-key reply and stream slots.
 pub struct Access {
     digests: Vec<[u8; 32]>,
     enforce: bool,
     limiter: DefaultKeyedRateLimiter<String>,
-    slots: Mutex<HashMap<String, Arc<Semaphore>>>,
-    max_replies: usize,
+    replies: PerCaller,
+    streams: PerCaller,
 }
 
 impl Access {
     /// From the config: keys are hashed at once and the plain keys dropped.
     /// Without keys (or with `auth = "none"`) it logs a warning: every
     /// client may then use every route, and the per-key rate limits and
-    /// reply caps are off.
+    /// reply and stream caps are off.
     pub fn new(config: &Config) -> Self {
         let per_minute = NonZeroU32::new(config.limits.requests_per_minute).unwrap_or(NonZeroU32::MIN);
         let enforce = config.auth == AuthMode::Keys && !config.api_keys.is_empty();
@@ -51,15 +84,24 @@ impl Access {
             tracing::warn!(
                 listen = %config.listen,
                 "authentication is off (no API keys, or auth = \"none\"): any client that reaches this address \
-                 may use every route, and the per-key rate limits and reply caps do not apply; set CHATD_API_KEYS"
+                 may use every route, and the per-key rate limits and reply and stream caps do not apply; set \
+                 CHATD_API_KEYS"
             );
         }
+        // Without authentication there are no keys to limit: no cap.
+        let cap = |limit: u32| {
+            if enforce {
+                limit as usize
+            } else {
+                Semaphore::MAX_PERMITS
+            }
+        };
         Self {
             digests: config.api_keys.iter().map(|k| digest(k.as_bytes())).collect(),
             enforce,
             limiter: RateLimiter::keyed(Quota::per_minute(per_minute)),
-            slots: Mutex::new(HashMap::new()),
-            max_replies: config.limits.concurrent_replies as usize,
+            replies: PerCaller::new(cap(config.limits.concurrent_replies)),
+            streams: PerCaller::new(cap(config.limits.concurrent_streams)),
         }
     }
 
@@ -89,19 +131,14 @@ impl Access {
     /// Without authentication there are no keys to limit: every request
     /// gets a slot.
     pub fn reply_slot(&self, caller: &Caller) -> Option<ReplySlot> {
-        let limit = if self.enforce {
-            self.max_replies
-        } else {
-            Semaphore::MAX_PERMITS
-        };
-        let semaphore = {
-            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-            slots
-                .entry(caller.0.clone())
-                .or_insert_with(|| Arc::new(Semaphore::new(limit)))
-                .clone()
-        };
-        semaphore.try_acquire_owned().ok().map(ReplySlot)
+        self.replies.take(caller).map(ReplySlot)
+    }
+
+    /// Takes one of the caller's stream slots (`limits.concurrent_streams`)
+    /// for an SSE response; `None` when all are in use. Without
+    /// authentication every request gets one.
+    pub fn stream_slot(&self, caller: &Caller) -> Option<StreamSlot> {
+        self.streams.take(caller).map(StreamSlot)
     }
 
     /// Forgets idle rate-limit state (run periodically).
@@ -209,5 +246,27 @@ mod tests {
         assert!(access.reply_slot(&Caller("other".into())).is_some());
         drop(a);
         assert!(access.reply_slot(&caller).is_some());
+    }
+
+    #[test]
+    fn stream_slots_are_limited_per_caller_and_apart_from_reply_slots() {
+        let mut c = config(&["key-one-0123456789"]);
+        c.limits.concurrent_streams = 1;
+        c.limits.concurrent_replies = 1;
+        let access = Access::new(&c);
+        let caller = Caller("k".into());
+        let stream = access.stream_slot(&caller);
+        assert!(stream.is_some());
+        assert!(access.stream_slot(&caller).is_none());
+        assert!(access.reply_slot(&caller).is_some());
+        drop(stream);
+        assert!(access.stream_slot(&caller).is_some());
+        let open = Access::new(&Config {
+            limits: c.limits.clone(),
+            ..config(&[])
+        });
+        let anonymous = Caller("anonymous".into());
+        let held: Vec<_> = (0..4).map(|_| open.stream_slot(&anonymous)).collect();
+        assert!(held.iter().all(Option::is_some), "no cap without keys");
     }
 }

@@ -96,7 +96,8 @@ pub struct ChatBody {
         (status = 415, description = "`unsupported_media_type`: not sent as `application/json`", body = ErrorBody),
         (status = 422, description = "`validation_failed` (blank or too-long message, value out of range, \
             unknown tool or provider, no model) or `conversation_too_long`", body = ErrorBody),
-        (status = 429, description = "`rate_limited` or `too_many_replies`", body = ErrorBody,
+        (status = 429, description = "`rate_limited`, `too_many_replies` (`limits.concurrent_replies`) or \
+            `too_many_streams` (`limits.concurrent_streams`); no reply was started", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 500, description = "`internal`: a database failure", body = ErrorBody),
         (status = 503, description = "`shutting_down`: the server is draining", body = ErrorBody),
@@ -109,9 +110,11 @@ pub async fn post_chat(
 ) -> Result<Response, ApiError> {
     let mode = body.stream_mode;
     let mut input = body.into_input()?;
-    let caller = caller
-        .map(|Extension(c)| c)
-        .unwrap_or_else(|| Caller("anonymous".into()));
+    let caller = caller_of(caller);
+    // Both slots before the turn is committed: a refused request starts nothing.
+    let Some(stream) = state.access.stream_slot(&caller) else {
+        return Ok(too_many_streams(&state));
+    };
     let Some(slot) = state.access.reply_slot(&caller) else {
         let limit = state.chat.config().limits.concurrent_replies;
         return Ok(too_many(
@@ -122,7 +125,28 @@ pub async fn post_chat(
     };
     input.guard = Some(Box::new(slot));
     let reply = state.chat.start(input).await?;
-    Ok(sse_response(&reply, 0, mode, &state.chat.config().chat))
+    Ok(sse_response(&reply, 0, mode, &state.chat.config().chat, stream))
+}
+
+/// The caller the access middleware found (`anonymous` without one).
+fn caller_of(caller: Option<Extension<Caller>>) -> Caller {
+    caller
+        .map(|Extension(c)| c)
+        .unwrap_or_else(|| Caller("anonymous".into()))
+}
+
+/// The 429 `too_many_streams` answer (with `Retry-After: 1`) when all of a
+/// caller's `limits.concurrent_streams` slots are held.
+fn too_many_streams(state: &AppState) -> Response {
+    let limit = state.chat.config().limits.concurrent_streams;
+    too_many(
+        "too_many_streams",
+        format!(
+            "this key already has {limit} event streams open (limits.concurrent_streams); close one \
+             (a chat stream or a GET /api/chat/{{message_id}}/events) and retry"
+        ),
+        1,
+    )
 }
 
 /// Query of `GET /api/chat/{message_id}/events`.
@@ -168,13 +192,15 @@ pub struct ResumeQuery {
             `Last-Event-ID`)", body = ErrorBody),
         (status = 401, description = "`unauthorized`: no valid API key", body = ErrorBody),
         (status = 404, description = "`not_found`: no assistant message has that id", body = ErrorBody),
-        (status = 429, description = "`rate_limited`", body = ErrorBody,
+        (status = 429, description = "`rate_limited`, or `too_many_streams`: the key already has \
+            `limits.concurrent_streams` event streams open", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 500, description = "`internal`: a database failure", body = ErrorBody),
     )
 )]
 pub async fn resume(
     State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
     ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<ResumeQuery>,
@@ -188,12 +214,16 @@ pub async fn resume(
             .ok_or_else(|| ApiError::invalid_request("Last-Event-ID must be a whole number (an event id)"))?,
         None => query.after.unwrap_or(0),
     };
+    let Some(stream) = state.access.stream_slot(&caller_of(caller)) else {
+        return Ok(too_many_streams(&state));
+    };
     let reply = state.chat.reply_for_resume(message_id).await?;
     Ok(sse_response(
         &reply,
         after,
         query.stream_mode,
         &state.chat.config().chat,
+        stream,
     ))
 }
 

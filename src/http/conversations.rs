@@ -12,7 +12,7 @@ use super::error::{ApiError, ErrorBody, parse_uuid};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::openapi::{ConversationList, MessageList};
 use crate::chat::ConversationService;
-use crate::domain::{Conversation, ConversationPatch, NewConversation};
+use crate::domain::{Conversation, ConversationPatch, Message, NewConversation};
 
 /// Query of `GET /api/conversations`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -268,25 +268,98 @@ pub async fn delete(State(state): State<AppState>, ApiPath(id): ApiPath<String>)
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `GET /api/conversations/{id}/messages`: `{"messages": [...]}`, oldest first.
+/// Query of `GET /api/conversations/{id}/messages`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct MessagesQuery {
+    /// 1..=200, default 50.
+    #[serde(default)]
+    #[param(value_type = i64, minimum = 1, maximum = 200)]
+    limit: Option<i64>,
+    /// A message id from the previous page's `next_before`: only older
+    /// messages.
+    #[serde(default)]
+    #[param(value_type = uuid::Uuid)]
+    before: Option<String>,
+    /// `true`: each message carries its `steps` (default `false`).
+    #[serde(default)]
+    #[param(value_type = bool)]
+    steps: Option<bool>,
+}
+
+/// `GET /api/conversations/{id}/messages`: `{"messages": [...],
+/// "next_before": id|null}`, the newest `limit` messages older than
+/// `before`, oldest first, without `steps` unless `?steps=true`.
 #[utoipa::path(
     get,
     path = "/api/conversations/{id}/messages",
     operation_id = "list_messages",
     tag = "conversations",
-    summary = "List a conversation's messages, oldest first",
-    params(("id" = uuid::Uuid, Path, description = "Conversation id")),
+    summary = "List a conversation's messages, a page at a time",
+    description = "The newest `limit` messages (older than the message `before`, when given), returned oldest \
+        first. To scroll back, pass the page's `next_before` as `before`; it is `null` on the page holding the \
+        first message. Messages carry no `steps` unless `steps=true`; \
+        `GET /api/conversations/{id}/messages/{message_id}` reads one message with its steps.",
+    params(("id" = uuid::Uuid, Path, description = "Conversation id"), MessagesQuery),
     responses(
-        (status = 200, description = "Every message of the conversation", body = MessageList),
-        (status = 400, description = "`invalid_id`: not a UUID", body = ErrorBody),
+        (status = 200, description = "One page of messages, oldest first", body = MessageList),
+        (status = 400, description = "`invalid_id` (the conversation id or `before` is not a UUID) or \
+            `invalid_request` (bad query)", body = ErrorBody),
         (status = 401, description = "`unauthorized`: no valid API key", body = ErrorBody),
-        (status = 404, description = "`not_found`: no such conversation", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such conversation, or `before` is not one of its messages",
+            body = ErrorBody),
+        (status = 422, description = "`validation_failed`: `limit` out of range", body = ErrorBody),
         (status = 429, description = "`rate_limited`", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 500, description = "`internal`: a database failure", body = ErrorBody),
     )
 )]
-pub async fn messages(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<Json<Value>, ApiError> {
+pub async fn messages(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<MessagesQuery>,
+) -> Result<Json<Value>, ApiError> {
     let id = parse_uuid("conversation id", &id)?;
-    Ok(Json(json!({"messages": state.conversations.messages(id).await?})))
+    let limit = ConversationService::page_size(q.limit)?;
+    let before = q.before.as_deref().map(|b| parse_uuid("before", b)).transpose()?;
+    let page = state
+        .conversations
+        .messages(id, limit, before, q.steps.unwrap_or(false))
+        .await?;
+    Ok(Json(
+        json!({"messages": page.messages, "next_before": page.next_before}),
+    ))
+}
+
+/// `GET /api/conversations/{id}/messages/{message_id}`: one message with
+/// its `steps`.
+#[utoipa::path(
+    get,
+    path = "/api/conversations/{id}/messages/{message_id}",
+    operation_id = "get_message",
+    tag = "conversations",
+    summary = "Read one message with its steps",
+    params(
+        ("id" = uuid::Uuid, Path, description = "Conversation id"),
+        ("message_id" = uuid::Uuid, Path, description = "A message of that conversation"),
+    ),
+    responses(
+        (status = 200, description = "The message, with `steps`", body = Message),
+        (status = 400, description = "`invalid_id`: an id is not a UUID", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no valid API key", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such conversation, or it has no such message",
+            body = ErrorBody),
+        (status = 429, description = "`rate_limited`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 500, description = "`internal`: a database failure", body = ErrorBody),
+    )
+)]
+pub async fn message(
+    State(state): State<AppState>,
+    ApiPath((id, message_id)): ApiPath<(String, String)>,
+) -> Result<Json<Message>, ApiError> {
+    let id = parse_uuid("conversation id", &id)?;
+    let message_id = parse_uuid("message id", &message_id)?;
+    Ok(Json(state.conversations.message(id, message_id).await?))
 }

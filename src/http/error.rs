@@ -85,7 +85,7 @@ impl From<ChatError> for ApiError {
     fn from(e: ChatError) -> Self {
         match e {
             ChatError::Invalid(m) => Self::validation(m),
-            ChatError::ConversationNotFound(_) | ChatError::MessageNotFound(_) | ChatError::CursorNotFound => {
+            ChatError::ConversationNotFound(_) | ChatError::MessageNotFound(_) | ChatError::CursorNotFound { .. } => {
                 Self::not_found(e.to_string())
             }
             ChatError::ConversationTooLong { .. } => {

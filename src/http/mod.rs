@@ -6,7 +6,9 @@
 //! - `POST /api/chat/{message_id}/cancel` — stop a reply
 //! - `POST /api/chat/{message_id}/approve` — let a tool call run, or decline it
 //! - `GET|POST /api/conversations`, `GET|PATCH|DELETE /api/conversations/{id}`,
-//!   `GET /api/conversations/{id}/messages`
+//!   `GET /api/conversations/{id}/messages` (a page, without steps unless
+//!   asked), `GET /api/conversations/{id}/messages/{message_id}` (one, with
+//!   its steps)
 //! - `GET /api/tools`, `GET /api/models`
 //! - `GET /healthz`, `GET /readyz`
 //! - `GET /api/openapi.json` — the OpenAPI 3.1 document of all of these
@@ -91,6 +93,10 @@ pub fn router(state: AppState) -> Router {
                 .delete(conversations::delete),
         )
         .route("/api/conversations/{id}/messages", get(conversations::messages))
+        .route(
+            "/api/conversations/{id}/messages/{message_id}",
+            get(conversations::message),
+        )
         .route("/api/tools", get(health::tools))
         .route("/api/models", get(models::list))
         .route("/healthz", get(health::healthz))

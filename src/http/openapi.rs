@@ -48,6 +48,7 @@ use crate::tools::{SourceStatus, ToolInfo};
         super::conversations::patch,
         super::conversations::delete,
         super::conversations::messages,
+        super::conversations::message,
         super::health::tools,
         super::models::list,
         super::health::healthz,
@@ -225,10 +226,14 @@ pub struct ConversationList {
     pub next_before: Option<Uuid>,
 }
 
-/// `GET /api/conversations/{id}/messages`: every message, oldest first.
+/// `GET /api/conversations/{id}/messages`: one page of messages, oldest
+/// first.
 #[derive(ToSchema)]
 pub struct MessageList {
     pub messages: Vec<Message>,
+    /// Pass as `before` for the previous (older) page: the page's oldest
+    /// message; `null` on the page that holds the first message.
+    pub next_before: Option<Uuid>,
 }
 
 /// `POST /api/chat/{message_id}/approve`: the decision that was delivered.

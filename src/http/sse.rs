@@ -22,6 +22,7 @@ use hyper::body::Frame;
 use serde::Deserialize;
 use tokio::time::{Instant, Sleep};
 
+use super::access::StreamSlot;
 use super::accumulate::Accumulator;
 use crate::chat::log::{Reply, Subscription};
 use crate::config::ChatConfig;
@@ -66,7 +67,9 @@ impl<'de> Deserialize<'de> for StreamMode {
 /// The SSE response for `reply`'s events after `after` (0: all of them).
 /// In accumulated mode the log is read from its start, so the skipped
 /// events still count toward `content`, and step events are coalesced (see
-/// [`super::accumulate`]).
+/// [`super::accumulate`]). The body holds `slot` (the caller's
+/// `limits.concurrent_streams` count) until it is dropped: at the stream's
+/// end or when the client goes away.
 ///
 /// Delta frames are the bytes the log rendered when the event was appended
 /// (no per-subscriber formatting). A keep-alive comment (`:` and a blank
@@ -74,7 +77,13 @@ impl<'de> Deserialize<'de> for StreamMode {
 /// silent upstream never lets a proxy time the stream out. One timer per
 /// stream, not reset per event: it runs to the keep-alive deadline, or to
 /// the held step's deadline in accumulated mode when that is earlier.
-pub fn sse_response(reply: &Arc<Reply>, after: u64, mode: StreamMode, config: &ChatConfig) -> Response {
+pub fn sse_response(
+    reply: &Arc<Reply>,
+    after: u64,
+    mode: StreamMode,
+    config: &ChatConfig,
+    slot: StreamSlot,
+) -> Response {
     let accumulated = mode == StreamMode::Accumulated;
     let period = Duration::from_millis(config.keepalive_interval_ms.max(1));
     let keepalive_at = Instant::now() + period;
@@ -87,6 +96,7 @@ pub fn sse_response(reply: &Arc<Reply>, after: u64, mode: StreamMode, config: &C
         held_until: None,
         period,
         sent: false,
+        _slot: slot,
     };
     let mut response = Response::new(Body::new(body));
     let headers = response.headers_mut();
@@ -115,6 +125,8 @@ struct EventBody {
     period: Duration,
     /// Whether an event was sent since the last keep-alive deadline.
     sent: bool,
+    /// Released with the body.
+    _slot: StreamSlot,
 }
 
 impl EventBody {

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{FileStamp, FinalReply, IndexedFile, NewTurn, Store, TerminalEvent};
+use super::{FileStamp, FinalReply, IndexedFile, MessageQuery, NewTurn, Store, TerminalEvent};
 use crate::domain::{ConversationPatch, NewConversation, Role, Status};
 
 /// Generates one `#[tokio::test]` per contract check for a backend.
@@ -20,6 +20,7 @@ macro_rules! store_contract {
             conversations_create_read_list_patch_delete,
             a_turn_is_stored_with_its_events_and_final_state,
             a_turn_in_a_missing_conversation_writes_nothing,
+            messages_come_a_page_at_a_time_newest_page_first,
             a_deleted_replys_events_never_cost_another_reply_its_events,
             interrupted_replies_and_pruning,
             documents_index_search_and_forget,
@@ -213,7 +214,13 @@ pub(crate) async fn a_turn_is_stored_with_its_events_and_final_state(store: Arc<
             (Role::User, "again")
         ]
     );
-    let messages = store.messages(conversation.id).await.expect("messages");
+    let all = MessageQuery {
+        limit: 200,
+        before: None,
+        steps: true,
+    };
+    let messages = store.messages(conversation.id, all).await.expect("messages");
+    let messages = messages.expect("no cursor, a page");
     assert_eq!(messages.len(), 4);
     assert_eq!(messages[0].id, first.user_message_id);
 
@@ -227,6 +234,38 @@ pub(crate) async fn a_turn_is_stored_with_its_events_and_final_state(store: Arc<
         ),
         ("m", 3, 4)
     );
+}
+
+pub(crate) async fn messages_come_a_page_at_a_time_newest_page_first(store: Arc<dyn Store>) {
+    let conversation = new_conversation("paged").into_conversation();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let t = turn(conversation.clone(), i == 0, &format!("m{i}"));
+        assert!(store.begin_turn(&t).await.expect("begin"));
+        ids.extend([t.user_message_id, t.assistant_message_id]);
+    }
+    let other = turn(new_conversation("other").into_conversation(), true, "x");
+    assert!(store.begin_turn(&other).await.expect("begin"));
+    let page = |limit, before, steps| MessageQuery { limit, before, steps };
+    let read = |query| {
+        let store = store.clone();
+        async move {
+            let page = store.messages(conversation.id, query).await.expect("messages");
+            page.map(|messages| {
+                messages
+                    .into_iter()
+                    .map(|m| (m.id, m.steps.is_some()))
+                    .collect::<Vec<_>>()
+            })
+        }
+    };
+    let newest = read(page(4, None, false)).await.expect("page");
+    assert_eq!(newest, ids[2..].iter().map(|id| (*id, false)).collect::<Vec<_>>());
+    let older = read(page(4, Some(ids[2]), true)).await.expect("page");
+    assert_eq!(older, ids[..2].iter().map(|id| (*id, true)).collect::<Vec<_>>());
+    assert_eq!(read(page(4, Some(ids[0]), false)).await, Some(Vec::new()));
+    assert_eq!(read(page(4, Some(other.user_message_id), false)).await, None);
+    assert_eq!(read(page(4, Some(Uuid::now_v7()), false)).await, None);
 }
 
 pub(crate) async fn a_turn_in_a_missing_conversation_writes_nothing(store: Arc<dyn Store>) {

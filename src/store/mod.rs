@@ -31,7 +31,9 @@ use uuid::Uuid;
 use crate::domain::{Conversation, ConversationPatch, Message, NewConversation};
 
 pub use error::StoreError;
-pub use types::{DocumentHit, FileStamp, FinalReply, HistoryRow, IndexedFile, NewTurn, TerminalEvent, UsageRow};
+pub use types::{
+    DocumentHit, FileStamp, FinalReply, HistoryRow, IndexedFile, MessageQuery, NewTurn, TerminalEvent, UsageRow,
+};
 
 /// Opens the database at `url`, creating and migrating it: `sqlite://PATH`
 /// (the only backend so far).
@@ -89,8 +91,10 @@ pub trait Conversations: Send + Sync + std::fmt::Debug {
     /// Deletes the conversation with its messages; whether it existed.
     async fn delete_conversation(&self, id: Uuid) -> Result<bool, StoreError>;
 
-    /// Every message of a conversation, oldest first.
-    async fn messages(&self, conversation_id: Uuid) -> Result<Vec<Message>, StoreError>;
+    /// A page of a conversation's messages (see [`MessageQuery`]), oldest
+    /// first; `None` when `query.before` is not a message of that
+    /// conversation. Messages are ordered by creation, ties by insertion.
+    async fn messages(&self, conversation_id: Uuid, query: MessageQuery) -> Result<Option<Vec<Message>>, StoreError>;
 }
 
 /// A turn's rows and its reply's writes, in the order a reply makes them:
@@ -147,7 +151,7 @@ pub trait Turns: Send + Sync + std::fmt::Debug {
 /// What a resume of a reply no longer in memory reads.
 #[async_trait]
 pub trait Replays: Send + Sync + std::fmt::Debug {
-    /// One message, or `None`.
+    /// One message with its steps, or `None`.
     async fn message(&self, id: Uuid) -> Result<Option<Message>, StoreError>;
 
     /// The id of the user message a reply answers (the user message just

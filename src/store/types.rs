@@ -21,6 +21,20 @@ pub struct NewTurn {
     pub model: String,
 }
 
+/// Which of a conversation's messages [`super::Conversations::messages`]
+/// reads: the newest `limit` older than the message `before` (the newest
+/// `limit` of all when `None`), ordered oldest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageQuery {
+    /// Most messages to read (at least 1).
+    pub limit: u32,
+    /// A message of the conversation: only messages older than it.
+    pub before: Option<Uuid>,
+    /// Whether to read each message's `steps` (`None` on the messages
+    /// otherwise; they are the bulk of a reply's row).
+    pub steps: bool,
+}
+
 /// The end state of a reply.
 #[derive(Debug, Clone)]
 pub struct FinalReply {

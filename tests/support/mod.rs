@@ -159,6 +159,18 @@ impl TestApp {
             .expect("POST /api/chat")
     }
 
+    /// POSTs `/api/chat` with the API key `key`; the status is the
+    /// caller's to check.
+    pub async fn post_chat_as(&self, key: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(self.url("/api/chat"))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .expect("POST /api/chat")
+    }
+
     /// POSTs `/api/chat`, checks the 200, and returns the live event stream
     /// (read it with [`sse::next`], [`sse::take`], [`sse::rest`]).
     pub async fn stream_chat(&self, body: Value) -> impl futures::Stream<Item = SseEvent> + Unpin {

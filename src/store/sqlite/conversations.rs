@@ -10,7 +10,7 @@ use super::SqliteStore;
 use super::writer::{FOR_TURN, INSERT_CONVERSATION};
 use crate::domain::{Conversation, ConversationPatch, Message, NewConversation, now_ms};
 use crate::store::error::parse_id;
-use crate::store::{Conversations, StoreError};
+use crate::store::{Conversations, MessageQuery, StoreError};
 
 /// A `conversations` row (`SELECT *`).
 pub(super) fn from_row(row: &SqliteRow) -> Result<Conversation, StoreError> {
@@ -167,7 +167,7 @@ impl Conversations for SqliteStore {
         Ok(done.rows_affected() > 0)
     }
 
-    async fn messages(&self, conversation_id: Uuid) -> Result<Vec<Message>, StoreError> {
-        super::replays::messages(self, conversation_id).await
+    async fn messages(&self, conversation_id: Uuid, query: MessageQuery) -> Result<Option<Vec<Message>>, StoreError> {
+        super::replays::messages(self, conversation_id, query).await
     }
 }

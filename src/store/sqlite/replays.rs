@@ -3,7 +3,6 @@
 //! reply and writer batch).
 
 use async_trait::async_trait;
-use serde_json::Value;
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 use uuid::Uuid;
@@ -11,22 +10,22 @@ use uuid::Uuid;
 use super::SqliteStore;
 use crate::domain::{Message, Role, Status};
 use crate::store::error::{parse_id, parse_json};
-use crate::store::{Replays, StoreError};
+use crate::store::{MessageQuery, Replays, StoreError};
 
-/// A `messages` row (`SELECT *`).
+/// A `messages` row (`SELECT *`, or with a NULL `steps`: no steps).
 pub(super) fn from_row(row: &SqliteRow) -> Result<Message, StoreError> {
     let id: String = row.try_get("id")?;
     let conversation_id: String = row.try_get("conversation_id")?;
     let role: String = row.try_get("role")?;
     let status: String = row.try_get("status")?;
-    let steps: String = row.try_get("steps")?;
+    let steps: Option<String> = row.try_get("steps")?;
     Ok(Message {
         id: parse_id(&id)?,
         conversation_id: parse_id(&conversation_id)?,
         role: Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("unknown role {role:?}")))?,
         content: row.try_get("content")?,
         reasoning: row.try_get("reasoning")?,
-        steps: parse_json(Some(steps))?.unwrap_or(Value::Null),
+        steps: parse_json(steps)?,
         tool_calls: parse_json(row.try_get("tool_calls")?)?,
         usage: parse_json(row.try_get("usage")?)?,
         sources: parse_json(row.try_get("sources")?)?,
@@ -39,13 +38,42 @@ pub(super) fn from_row(row: &SqliteRow) -> Result<Message, StoreError> {
     })
 }
 
-/// Every message of a conversation, oldest first.
-pub(super) async fn messages(store: &SqliteStore, conversation_id: Uuid) -> Result<Vec<Message>, StoreError> {
-    let rows = sqlx::query("SELECT * FROM messages WHERE conversation_id = ? ORDER BY created_at, rowid")
-        .bind(conversation_id.to_string())
-        .fetch_all(&store.pool)
-        .await?;
-    rows.iter().map(from_row).collect()
+/// A page of a conversation's messages (see [`MessageQuery`]), oldest
+/// first, in `(created_at, rowid)` order; `None` when `query.before` is not
+/// a message of the conversation.
+pub(super) async fn messages(
+    store: &SqliteStore,
+    conversation_id: Uuid,
+    query: MessageQuery,
+) -> Result<Option<Vec<Message>>, StoreError> {
+    // No cursor: older than everything.
+    let mut anchor = (i64::MAX, i64::MAX);
+    if let Some(before) = query.before {
+        let found: Option<(i64, i64)> =
+            sqlx::query_as("SELECT created_at, rowid FROM messages WHERE id = ? AND conversation_id = ?")
+                .bind(before.to_string())
+                .bind(conversation_id.to_string())
+                .fetch_optional(&store.pool)
+                .await?;
+        let Some(found) = found else { return Ok(None) };
+        anchor = found;
+    }
+    // Without steps, the column is not read: NULL in its place.
+    let rows = sqlx::query(
+        "SELECT id, conversation_id, role, content, reasoning, CASE WHEN ? THEN steps END AS steps, tool_calls, \
+         usage, sources, status, finish_reason, error, model, created_at, updated_at FROM messages \
+         WHERE conversation_id = ? AND (created_at, rowid) < (?, ?) ORDER BY created_at DESC, rowid DESC LIMIT ?",
+    )
+    .bind(query.steps)
+    .bind(conversation_id.to_string())
+    .bind(anchor.0)
+    .bind(anchor.1)
+    .bind(i64::from(query.limit))
+    .fetch_all(&store.pool)
+    .await?;
+    let mut page = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
+    page.reverse();
+    Ok(Some(page))
 }
 
 #[async_trait]
