@@ -213,8 +213,8 @@ impl Generation {
             usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
         }
         if !saw_done && finish_reason.is_none() {
-            return Err(Stop::Llm(LlmError::Upstream(
-                "the stream ended before the reply finished (no finish_reason and no [DONE])".into(),
+            return Err(Stop::Llm(LlmError::upstream(
+                "the stream ended before the reply finished (no finish_reason and no [DONE])",
             )));
         }
         Ok(Round {
