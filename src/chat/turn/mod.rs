@@ -11,6 +11,7 @@
 //! (`finish.rs`).
 
 mod begin;
+mod exposure;
 mod finish;
 mod round;
 mod tools;
