@@ -426,13 +426,17 @@ async fn upstream_http_errors_map_to_error_events() {
         got,
         vec![
             start(),
-            error("upstream_unavailable", "HTTP 500 Internal Server Error: boom", true)
+            error(
+                "upstream_unavailable",
+                "the model provider failed with HTTP 500; try again later",
+                true
+            )
         ]
     );
     assert_eq!(row["status"], "error");
     assert_eq!(
         row["error"],
-        json!({"code": "upstream_unavailable", "message": "HTTP 500 Internal Server Error: boom"})
+        json!({"code": "upstream_unavailable", "message": "the model provider failed with HTTP 500; try again later"})
     );
 
     let (_, got, _) = failing_upstream(
@@ -446,7 +450,7 @@ async fn upstream_http_errors_map_to_error_events() {
             start(),
             error(
                 "rate_limited",
-                "upstream rate limited: HTTP 429 Too Many Requests: slow down",
+                "the model provider is rate limiting requests (HTTP 429); try again in 7 s",
                 true
             )
         ]
@@ -457,7 +461,11 @@ async fn upstream_http_errors_map_to_error_events() {
         got,
         vec![
             start(),
-            error("upstream_error", "HTTP 400 Bad Request: model not found", false)
+            error(
+                "upstream_error",
+                "the model provider refused the request (HTTP 400)",
+                false
+            )
         ]
     );
 }
@@ -526,7 +534,11 @@ async fn cut_stream_and_mid_stream_error_keep_partial_text() {
         vec![
             start(),
             step(0, "text", "Par"),
-            error("upstream_error", "model overloaded", false)
+            error(
+                "upstream_error",
+                "the model provider reported an error: model overloaded",
+                false
+            )
         ]
     );
     assert_eq!(

@@ -264,7 +264,13 @@ async fn fallbacks_follow_config_order_and_take_over_when_a_provider_fails() {
         .open(&request("m"), &policy, |f| steps.push(f.next == NextStep::GiveUp))
         .await
         .expect_err("400 is final");
-    assert_eq!(err, LlmError::Upstream("HTTP 400 Bad Request: bad request".into()));
+    assert_eq!(
+        err,
+        LlmError::Upstream {
+            detail: "HTTP 400 Bad Request: bad request".into(),
+            public: "the model provider refused the request (HTTP 400): bad request".into(),
+        }
+    );
     assert_eq!(steps, [true]);
     assert_eq!(models_sent(&c).len(), 1, "c was not tried");
 
@@ -528,7 +534,7 @@ async fn list_models_merges_config_and_upstream_lists_and_marks_unreachable_prov
     assert!(
         c.error
             .as_deref()
-            .is_some_and(|e| e.starts_with("upstream unavailable")),
+            .is_some_and(|e| e == "the model provider could not be reached; try again later"),
         "{c:?}"
     );
     assert_eq!(c.models(), ["offline-model"], "configured models are still listed");
@@ -538,7 +544,7 @@ async fn list_models_merges_config_and_upstream_lists_and_marks_unreachable_prov
     assert!(!s.reachable, "{s:?}");
     assert_eq!(
         s.error.as_deref(),
-        Some("upstream unavailable: GET /models: no answer within 800 ms")
+        Some("the model provider could not be reached; try again later")
     );
 
     let m = &listed[3];

@@ -40,7 +40,11 @@ async fn retries_exhausted_end_with_the_last_error() {
     assert_eq!(names(&events), ["start", "error"]);
     assert_eq!(
         events[1].1,
-        json!({"code": "upstream_unavailable", "message": "HTTP 503 Service Unavailable: busy 2", "retryable": true})
+        json!({
+            "code": "upstream_unavailable",
+            "message": "the model provider failed with HTTP 503; try again later",
+            "retryable": true
+        })
     );
     assert_eq!(upstream.received().len(), 2);
 }

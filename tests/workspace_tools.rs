@@ -13,7 +13,7 @@ use chatd::tools::Approval;
 use serde_json::{Value, json};
 use support::TestApp;
 use support::mock::{self, MockUpstream};
-use support::sse::{SseEvent, checked, next};
+use support::sse::{SseEvent, checked, next, tool_result as result};
 use support::tools::registry_with;
 
 const PROJECT: &str = "proj-1";
@@ -74,31 +74,8 @@ impl Fixture {
     }
 
     fn script(&self, rounds: &[&[(&str, &str, Value)]]) {
-        for calls in rounds {
-            let args: Vec<(String, String, String)> = calls
-                .iter()
-                .map(|(id, name, a)| (id.to_string(), name.to_string(), a.to_string()))
-                .collect();
-            let refs: Vec<(&str, &str, &str)> = args
-                .iter()
-                .map(|(i, n, a)| (i.as_str(), n.as_str(), a.as_str()))
-                .collect();
-            self.upstream.push(mock::tool_reply(&refs, 1, 1));
-        }
-        self.upstream.push(mock::text_reply(&["ok"], 1, 1));
+        mock::push_rounds(&self.upstream, rounds);
     }
-}
-
-/// The `tool_result` of call `id`: (content, success).
-fn result(events: &[SseEvent], id: &str) -> (String, bool) {
-    let step = events
-        .iter()
-        .find(|e| e.data["type"] == "tool_result" && e.data["id_ref"] == id)
-        .unwrap_or_else(|| panic!("no tool_result for {id}: {events:#?}"));
-    (
-        step.data["content"].as_str().expect("content").to_string(),
-        step.data["success"].as_bool().expect("success"),
-    )
 }
 
 /// Asserts call `id` failed with exactly `text`.

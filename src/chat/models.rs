@@ -16,13 +16,16 @@ pub struct ModelInfo {
 }
 
 /// Whether a provider answered its `GET /models`.
+///
+/// No base URL: every caller sees this, and a provider's address is the
+/// operator's business. (Issue 23: once users have roles, an admin view can
+/// add `ProviderModels::base_url` back.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ProviderInfo {
     pub name: String,
-    /// The upstream base URL, without credentials.
-    pub base_url: String,
     pub reachable: bool,
-    /// Why it was not reachable; `None` when it was.
+    /// Why it was not reachable, without URLs or addresses (the log has the
+    /// detail); `None` when it was.
     pub error: Option<String>,
 }
 
@@ -66,7 +69,6 @@ impl Models {
             .into_iter()
             .map(|p| ProviderInfo {
                 name: p.name,
-                base_url: p.base_url,
                 reachable: p.reachable,
                 error: p.error,
             })

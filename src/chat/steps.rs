@@ -99,12 +99,14 @@ impl StepRecorder {
         })
     }
 
-    /// A call that waits for approval; returns its event.
-    pub fn tool_approval(&mut self, call: &ToolCall) -> ChatEvent {
+    /// A call that waits for approval, with `reason` when its tool does not
+    /// usually ask; returns its event.
+    pub fn tool_approval(&mut self, call: &ToolCall, reason: Option<String>) -> ChatEvent {
         self.single(StepKind::ToolApproval {
             id_ref: call.id.clone(),
             name: call.function.name.clone(),
             arguments: call.function.arguments.clone(),
+            reason,
         })
     }
 

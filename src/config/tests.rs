@@ -293,3 +293,16 @@ fn concurrent_streams_defaults_to_32_and_must_be_at_least_1() {
     let err = Config::load_with_env(Some(&path), env(&[])).expect_err("zero streams");
     assert!(err.to_string().contains("limits.concurrent_streams"), "{err}");
 }
+
+#[test]
+fn fetch_approval_after_private_reads_is_on_by_default_and_can_be_turned_off() {
+    let c = Config::load_with_env(None, env(&[])).expect("defaults load");
+    assert!(c.tools.fetch.approve_after_private_read);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(&dir, "[tools.fetch]\napprove_after_private_read = false\n");
+    let c = Config::load_with_env(Some(&path), env(&[])).expect("load");
+    assert!(!c.tools.fetch.approve_after_private_read);
+    let path = write(&dir, "[tools.fetch]\napprove_after_private_read = \"sometimes\"\n");
+    let err = Config::load_with_env(Some(&path), env(&[])).expect_err("not a boolean");
+    assert!(err.to_string().contains("approve_after_private_read"), "{err}");
+}

@@ -52,9 +52,20 @@ pub struct FetchConfig {
     pub max_bytes: u64,
     /// Most redirects followed (each target is checked again).
     pub max_redirects: u32,
-    /// Hosts (names or IPs, exact match) fetched even when they resolve to a
-    /// loopback, private, link-local or metadata address.
+    /// Hosts (names or IPs, exact match, case-insensitive) that are
+    /// trusted: fetched even when they resolve to a loopback, private,
+    /// link-local or metadata address, and fetched without approval after
+    /// the reply has read private data (`approve_after_private_read`).
     pub allow_hosts: Vec<String>,
+    /// Once the model has seen workspace or document data (a successful
+    /// `read_file`, `list_files`, `search_files` or `search_documents` call
+    /// earlier in this reply, or any call of them in the conversation's
+    /// history), a `fetch_url` to a host not in `allow_hosts` asks for
+    /// approval like `write_file` does: a URL is a way to send that data
+    /// out. Default true; false lets `fetch_url` run without asking, as
+    /// before. An explicit `tools.approval.fetch_url` decides alone:
+    /// `"ask"` always asks, `"auto"` never does.
+    pub approve_after_private_read: bool,
 }
 
 impl Default for FetchConfig {
@@ -64,6 +75,7 @@ impl Default for FetchConfig {
             max_bytes: 2 * 1024 * 1024,
             max_redirects: 5,
             allow_hosts: Vec::new(),
+            approve_after_private_read: true,
         }
     }
 }

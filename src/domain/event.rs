@@ -127,6 +127,12 @@ pub enum StepKind {
         id_ref: String,
         name: String,
         arguments: String,
+        /// Why this call asks when its tool usually does not: e.g. a
+        /// `fetch_url` to a host outside `tools.fetch.allow_hosts` after the
+        /// reply read workspace or document data. Absent when the tool's
+        /// policy is to ask.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// The result of the tool call `id_ref`.
     ToolResult {

@@ -9,14 +9,17 @@
 //!   SSE contract.
 //! - [`tool`]: [`ToolCall`], [`Source`], [`Approval`].
 //! - [`time`]: Unix epoch milliseconds and their RFC 3339 form.
+//! - [`error_chain`]: an error and its sources as one line.
 
 pub mod conversation;
+pub mod error_chain;
 pub mod event;
 pub mod message;
 pub mod time;
 pub mod tool;
 
 pub use conversation::{Conversation, ConversationPatch, NewConversation};
+pub use error_chain::error_chain;
 pub use event::{ChatEvent, DoneEvent, ErrorEvent, SourcesEvent, StartEvent, StepEvent, StepKind};
 pub use message::{ErrorInfo, Message, Role, Status, StoredStep, UsageTotals};
 pub use time::now_ms;

@@ -12,7 +12,7 @@ use super::openapi::ModelList;
 ///
 /// ```json
 /// {"models": [{"id": "qwen3:8b", "provider": "local"}, ...],
-///  "providers": [{"name": "local", "base_url": "http://127.0.0.1:11434/v1", "reachable": true, "error": null}, ...]}
+///  "providers": [{"name": "local", "reachable": true, "error": null}, ...]}
 /// ```
 ///
 /// Providers come in configuration order. Each provider's models are its
@@ -21,7 +21,8 @@ use super::openapi::ModelList;
 /// once per provider. The upstream lists are fetched concurrently, at most
 /// 2 s each; a provider that did not answer in time, or answered with an
 /// error, has `reachable: false`, the reason in `error`, and only its
-/// configured models. `base_url` never shows credentials. Always 200.
+/// configured models. No provider's base URL or address is shown (every
+/// caller sees this list; the server log has the detail). Always 200.
 #[utoipa::path(
     get,
     path = "/api/models",

@@ -289,10 +289,9 @@ pub struct ModelEntry {
 #[derive(ToSchema)]
 pub struct ProviderStatus {
     pub name: String,
-    /// The upstream base URL, without credentials.
-    pub base_url: String,
     pub reachable: bool,
-    /// Why it was not reachable; `null` when it was.
+    /// Why it was not reachable (no URL or address: the server log has the
+    /// detail); `null` when it was. Provider base URLs are not shown.
     pub error: Option<String>,
 }
 

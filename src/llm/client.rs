@@ -10,15 +10,14 @@ use futures::stream::BoxStream;
 use serde_json::Value;
 use tokio::time::{Instant, timeout, timeout_at};
 
-use super::errors::{
-    describe_error, error_from_answer, error_from_response, error_message, json_error_message, truncate,
-};
+use super::errors::{error_from_answer, error_from_response, truncate};
 use super::lines::{LineError, cap_line_length};
 use super::providers::ProviderError;
 use super::request::Upstream;
 use super::transport::{Transport, TransportKind};
 use super::{ChatChunk, ChatRequest, HttpPool, LlmError, StreamItem, WireRequest};
 use crate::config::{LlmConfig, ProviderConfig};
+use crate::domain::error_chain;
 
 /// Most bytes of a `GET /models` body (hosted routers list hundreds of models).
 const MODELS_BODY_LIMIT: usize = 8 * 1024 * 1024;
@@ -59,7 +58,7 @@ impl LlmClient {
     /// cannot be set up ([`LlmError::Unavailable`]).
     pub fn new(config: &LlmConfig) -> Result<Self, LlmError> {
         let http = HttpPool::new(config)?;
-        Self::for_provider(http, config, &config.default_provider()).map_err(|e| LlmError::Unavailable(e.to_string()))
+        Self::for_provider(http, config, &config.default_provider()).map_err(|e| LlmError::unavailable(e.to_string()))
     }
 
     /// A client for one provider over the shared [`HttpPool`] `http`: its base URL,
@@ -168,7 +167,10 @@ impl LlmClient {
                 let event = match next {
                     None => break,
                     Some(Err(e)) => {
-                        yield Err(LlmError::Upstream(format!("stream broken: {}", describe_sse_error(e))));
+                        yield Err(LlmError::Upstream {
+                            detail: format!("stream broken: {}", describe_sse_error(e)),
+                            public: "the model provider's stream broke off or could not be read".to_string(),
+                        });
                         break;
                     }
                     Some(Ok(event)) => event,
@@ -187,13 +189,13 @@ impl LlmClient {
                     break;
                 }
                 if event.event == "error" {
-                    yield Err(LlmError::Upstream(error_message(data)));
+                    yield Err(LlmError::stream_error(data));
                     break;
                 }
                 match serde_json::from_str::<ChatChunk>(data) {
                     Ok(chunk) => {
                         if let Some(error) = &chunk.error {
-                            yield Err(LlmError::Upstream(json_error_message(error)));
+                            yield Err(LlmError::stream_error(&error.to_string()));
                             break;
                         }
                         yield Ok(StreamItem::Chunk(chunk));
@@ -225,17 +227,17 @@ impl LlmClient {
                 .headers(headers)
                 .send()
                 .await
-                .map_err(|e| LlmError::Unavailable(describe_error(&e.without_url())))?;
+                .map_err(|e| LlmError::unavailable(error_chain(&e)))?;
             if !response.status().is_success() {
                 return Err(error_from_response(response, deadline_after(limit)).await);
             }
             let mut body = Vec::new();
             let mut stream = response.bytes_stream();
             while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| LlmError::Unavailable(describe_error(&e.without_url())))?;
+                let chunk = chunk.map_err(|e| LlmError::unavailable(error_chain(&e)))?;
                 body.extend_from_slice(&chunk);
                 if body.len() > MODELS_BODY_LIMIT {
-                    return Err(LlmError::Upstream(format!(
+                    return Err(LlmError::upstream(format!(
                         "GET /models answered with more than {MODELS_BODY_LIMIT} bytes"
                     )));
                 }
@@ -244,13 +246,13 @@ impl LlmClient {
         };
         timeout(limit, fetch)
             .await
-            .map_err(|_| LlmError::Unavailable(format!("GET /models: no answer within {} ms", millis(limit))))?
+            .map_err(|_| LlmError::unavailable(format!("GET /models: no answer within {} ms", millis(limit))))?
     }
 }
 
 /// The ids of an OpenAI model list; entries without a string `id` are skipped.
 fn model_ids(body: &[u8]) -> Result<Vec<String>, LlmError> {
-    let not_a_list = || LlmError::Upstream("GET /models did not answer with an OpenAI model list".to_string());
+    let not_a_list = || LlmError::upstream("GET /models did not answer with an OpenAI model list");
     let value: Value = serde_json::from_slice(body).map_err(|_| not_a_list())?;
     let data = value.get("data").and_then(Value::as_array).ok_or_else(not_a_list)?;
     Ok(data

@@ -40,7 +40,7 @@ use hyper::client::conn::http1::{Builder, Connection, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::errors::describe_error as describe;
+use crate::domain::error_chain as describe;
 
 /// How long a kept connection may sit unused before it is closed (90 s, as
 /// reqwest and hyper's pooled client).

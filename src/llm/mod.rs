@@ -44,15 +44,26 @@ pub use types::{
 };
 
 /// Why an upstream call failed. Each maps to one `error` event code.
+///
+/// Two texts per error: the `Display` form (and `detail`) holds everything
+/// known, URLs, addresses, ports and upstream bodies included, for the log
+/// only; [`LlmError::client_message`] is what a client may be shown, which
+/// never names a URL, host, address, port or upstream body.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum LlmError {
     /// Connection refused/reset, DNS failure, or a 5xx answer
     /// (`upstream_unavailable`).
-    #[error("upstream unavailable: {0}")]
-    Unavailable(String),
+    #[error("upstream unavailable: {detail}")]
+    Unavailable {
+        /// The full reason, for the log.
+        detail: String,
+        /// The upstream's HTTP status when it answered with a 5xx.
+        status: Option<u16>,
+    },
     /// HTTP 429 (`rate_limited`); `retry_after_ms` from a `Retry-After` header.
     #[error("upstream rate limited: {message}")]
     RateLimited {
+        /// The full reason (status and body), for the log.
         message: String,
         retry_after_ms: Option<u64>,
     },
@@ -65,8 +76,13 @@ pub enum LlmError {
     Timeout { ms: u64, phase: TimeoutPhase },
     /// Any other 4xx, an `error` object in the stream, a stream that ends
     /// without finishing, or an over-long line (`upstream_error`).
-    #[error("upstream error: {0}")]
-    Upstream(String),
+    #[error("upstream error: {detail}")]
+    Upstream {
+        /// The full reason, for the log.
+        detail: String,
+        /// What a client may be told (see [`LlmError::client_message`]).
+        public: String,
+    },
 }
 
 /// Which wait of a request ran out.
@@ -90,6 +106,25 @@ impl TimeoutPhase {
 }
 
 impl LlmError {
+    /// An [`LlmError::Unavailable`] without an HTTP status (the upstream
+    /// could not be reached); `detail` is for the log.
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        LlmError::Unavailable {
+            detail: detail.into(),
+            status: None,
+        }
+    }
+
+    /// An [`LlmError::Upstream`] in chatd's own words, shown to clients as
+    /// it is: `text` must name no URL, address or upstream body.
+    pub fn upstream(text: impl Into<String>) -> Self {
+        let text = text.into();
+        LlmError::Upstream {
+            detail: text.clone(),
+            public: text,
+        }
+    }
+
     /// A first-chunk timeout after `ms` milliseconds.
     pub fn first_chunk_timeout(ms: u64) -> Self {
         LlmError::Timeout {
@@ -111,8 +146,8 @@ impl LlmError {
     /// [`LlmError::Timeout`]; false for [`LlmError::Upstream`].
     pub fn is_retryable(&self) -> bool {
         match self {
-            LlmError::Unavailable(_) | LlmError::RateLimited { .. } | LlmError::Timeout { .. } => true,
-            LlmError::Upstream(_) => false,
+            LlmError::Unavailable { .. } | LlmError::RateLimited { .. } | LlmError::Timeout { .. } => true,
+            LlmError::Upstream { .. } => false,
         }
     }
 

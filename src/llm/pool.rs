@@ -187,7 +187,7 @@ fn build(config: &LlmConfig) -> Result<reqwest::Client, LlmError> {
     };
     builder
         .build()
-        .map_err(|e| LlmError::Unavailable(format!("cannot build HTTP client: {e}")))
+        .map_err(|e| LlmError::unavailable(format!("cannot build HTTP client: {e}")))
 }
 
 /// Whether the environment sets a proxy for `http://` URLs (reqwest's

@@ -182,7 +182,7 @@ impl Route {
                 }
             }
         }
-        Err(last_error.unwrap_or_else(|| LlmError::Upstream("no provider to send the request to".to_string())))
+        Err(last_error.unwrap_or_else(|| LlmError::upstream("no provider to send the request to")))
     }
 }
 
@@ -215,7 +215,9 @@ pub struct ProviderModels {
     pub listed: Vec<String>,
     /// Whether `GET /models` answered with a model list in time.
     pub reachable: bool,
-    /// Why the fetch failed, when it did.
+    /// Why the fetch failed, when it did, as a client may see it
+    /// ([`LlmError::client_message`]: no URL or address; the log has the
+    /// detail).
     pub error: Option<String>,
 }
 
@@ -424,11 +426,11 @@ impl Providers {
         let fetches = self.entries.iter().map(|entry| async move {
             let fetched = entry.client.list_models(limit).await;
             if let Err(e) = &fetched {
-                tracing::debug!(provider = %entry.name, error = %e, "GET /models failed");
+                tracing::warn!(provider = %entry.name, error = %e, "GET /models failed");
             }
             let (listed, error) = match fetched {
                 Ok(ids) => (ids, None),
-                Err(e) => (Vec::new(), Some(e.to_string())),
+                Err(e) => (Vec::new(), Some(e.client_message())),
             };
             ProviderModels {
                 name: entry.name.clone(),

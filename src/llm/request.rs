@@ -102,7 +102,7 @@ impl Upstream {
     /// header value or the body cannot be encoded as JSON.
     pub fn chat(&self, request: &WireRequest<'_>) -> Result<ChatHttpRequest<'_>, LlmError> {
         let body = serde_json::to_vec(request)
-            .map_err(|e| LlmError::Unavailable(format!("cannot encode the request: {e}")))?;
+            .map_err(|e| LlmError::unavailable(format!("cannot encode the request: {e}")))?;
         let mut headers = HeaderMap::with_capacity(3 + self.headers.len());
         headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -146,7 +146,7 @@ impl Upstream {
         }
         if !self.api_key.is_empty() {
             let mut value = HeaderValue::from_str(&format!("Bearer {}", self.api_key))
-                .map_err(|_| LlmError::Unavailable("the API key is not a valid HTTP header value".into()))?;
+                .map_err(|_| LlmError::unavailable("the API key is not a valid HTTP header value"))?;
             value.set_sensitive(true);
             headers.append(AUTHORIZATION, value);
         }
@@ -243,9 +243,7 @@ mod tests {
         let upstream = Upstream::new(&provider("http://h", Some("line\nbreak"), &[])).expect("upstream");
         assert_eq!(
             upstream.models().err(),
-            Some(LlmError::Unavailable(
-                "the API key is not a valid HTTP header value".to_string()
-            ))
+            Some(LlmError::unavailable("the API key is not a valid HTTP header value"))
         );
     }
 }

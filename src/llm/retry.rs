@@ -75,7 +75,7 @@ mod tests {
     }
 
     fn unavailable() -> LlmError {
-        LlmError::Unavailable("HTTP 503".into())
+        LlmError::unavailable("HTTP 503")
     }
 
     fn rate_limited(retry_after_ms: Option<u64>) -> LlmError {
@@ -148,11 +148,7 @@ mod tests {
         assert!(p.delay(3, &unavailable()).is_some());
         assert_eq!(p.delay(4, &unavailable()), None, "4 of 4 attempts used");
         assert_eq!(p.delay(5, &unavailable()), None);
-        assert_eq!(
-            p.delay(1, &LlmError::Upstream("HTTP 400".into())),
-            None,
-            "not retryable"
-        );
+        assert_eq!(p.delay(1, &LlmError::upstream("HTTP 400")), None, "not retryable");
         let once = RetryPolicy {
             max_attempts: 1,
             ..policy()

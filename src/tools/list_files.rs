@@ -22,6 +22,10 @@ impl Tool for ListFiles {
         "list_files"
     }
 
+    fn reads_private_data(&self) -> bool {
+        true
+    }
+
     fn description(&self) -> &str {
         "List the files and directories in this conversation's project workspace, with sizes in bytes. \
          Paths are relative to the workspace root."

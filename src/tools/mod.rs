@@ -129,6 +129,22 @@ pub trait Tool: Send + Sync + 'static {
     fn timeout(&self) -> Option<std::time::Duration> {
         None
     }
+    /// Whether the tool's results hold the user's private data (workspace
+    /// files, indexed documents): true for `read_file`, `list_files`,
+    /// `search_files` and `search_documents`. Once the model has seen such a
+    /// result, calls for which [`Tool::asks_after_private_read`] gives a
+    /// reason wait for approval.
+    fn reads_private_data(&self) -> bool {
+        false
+    }
+    /// Why this call (its `arguments`, schema not yet checked) must wait for
+    /// approval once the model has seen private data, because it could carry
+    /// that data out; `None` when it need not (the default). `fetch_url`
+    /// gives a reason for a host not in `tools.fetch.allow_hosts` while
+    /// `tools.fetch.approve_after_private_read` is on.
+    fn asks_after_private_read(&self, _arguments: &Value, _config: &crate::config::ToolsConfig) -> Option<String> {
+        None
+    }
     /// Runs the tool with arguments that passed the schema. The future must
     /// not borrow `self` (it runs as its own task, and is dropped when the
     /// reply is cancelled or the call times out).
@@ -288,6 +304,32 @@ impl ToolRegistry {
         self.read()
             .get(name)
             .map_or(Approval::Auto, |r| r.tool.default_approval())
+    }
+
+    /// Whether the results of tool `name` hold private data
+    /// ([`Tool::reads_private_data`]); false for unknown tools.
+    pub fn reads_private_data(&self, name: &str) -> bool {
+        self.read().get(name).is_some_and(|r| r.tool.reads_private_data())
+    }
+
+    /// Why the call `name(arguments)` (`arguments` as JSON text) must wait
+    /// for approval when the model has seen private data
+    /// ([`Tool::asks_after_private_read`]); `None` when it need not, when
+    /// `arguments` is not JSON (the call fails anyway), for unknown tools,
+    /// and for a tool named in `tools.approval`: an explicit policy decides
+    /// alone (`ask` always asks, `auto` never does).
+    pub fn asks_after_private_read(
+        &self,
+        name: &str,
+        arguments: &str,
+        config: &crate::config::ToolsConfig,
+    ) -> Option<String> {
+        if self.approval.contains_key(name) {
+            return None;
+        }
+        let tool = self.read().get(name).map(|r| r.tool.clone())?;
+        let arguments: Value = serde_json::from_str(arguments).ok()?;
+        tool.asks_after_private_read(&arguments, config)
     }
 
     /// Every tool's name, description, schema, origin and approval, sorted

@@ -18,6 +18,10 @@ impl Tool for ReadFile {
         "read_file"
     }
 
+    fn reads_private_data(&self) -> bool {
+        true
+    }
+
     fn description(&self) -> &str {
         "Read a text file from this conversation's project workspace. The path is relative to the workspace root."
     }

@@ -29,6 +29,10 @@ impl Tool for SearchDocuments {
         "search_documents"
     }
 
+    fn reads_private_data(&self) -> bool {
+        true
+    }
+
     fn description(&self) -> &str {
         "Full-text search over the documents (text files) in this conversation's project workspace. Returns \
          the best matching documents, best first, each with an id such as S1 to cite, its path and a passage."

@@ -25,6 +25,10 @@ impl Tool for SearchFiles {
         "search_files"
     }
 
+    fn reads_private_data(&self) -> bool {
+        true
+    }
+
     fn description(&self) -> &str {
         "Find the lines containing a text (plain substring, case-insensitive) in the files of this \
          conversation's project workspace. Returns \"path:line: text\" lines."

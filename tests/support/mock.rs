@@ -286,3 +286,21 @@ pub fn slow_text(pieces: usize, delay_ms: u64) -> MockResponse {
 pub fn full_text(pieces: usize) -> String {
     (0..pieces).map(|i| format!("w{i} ")).collect()
 }
+
+/// Scripts one reply on `upstream`: a round of tool calls `(id, name,
+/// arguments)` per entry of `rounds`, one after the other, then the answer
+/// "ok".
+pub fn push_rounds(upstream: &MockUpstream, rounds: &[&[(&str, &str, Value)]]) {
+    for calls in rounds {
+        let args: Vec<(String, String, String)> = calls
+            .iter()
+            .map(|(id, name, a)| (id.to_string(), name.to_string(), a.to_string()))
+            .collect();
+        let refs: Vec<(&str, &str, &str)> = args
+            .iter()
+            .map(|(i, n, a)| (i.as_str(), n.as_str(), a.as_str()))
+            .collect();
+        upstream.push(tool_reply(&refs, 1, 1));
+    }
+    upstream.push(text_reply(&["ok"], 1, 1));
+}

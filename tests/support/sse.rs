@@ -98,3 +98,15 @@ pub fn checked(events: &[SseEvent]) -> Vec<(String, Value)> {
     }
     events.iter().map(|e| (e.event.clone(), e.data.clone())).collect()
 }
+
+/// The `tool_result` of call `id` among `events`: (content, success).
+pub fn tool_result(events: &[SseEvent], id: &str) -> (String, bool) {
+    let step = events
+        .iter()
+        .find(|e| e.data["type"] == "tool_result" && e.data["id_ref"] == id)
+        .unwrap_or_else(|| panic!("no tool_result for {id}: {events:#?}"));
+    (
+        step.data["content"].as_str().expect("content").to_string(),
+        step.data["success"].as_bool().expect("success"),
+    )
+}

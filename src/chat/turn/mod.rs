@@ -11,6 +11,7 @@
 //! (`finish.rs`).
 
 mod begin;
+mod exposure;
 mod finish;
 mod round;
 mod tools;
@@ -51,10 +52,9 @@ impl Stop {
                 "the server is shutting down; the partial reply is stored",
             ),
             Stop::Cancelled | Stop::NotBegun => return None,
-            Stop::Llm(e @ LlmError::Unavailable(_)) => ErrorEvent::new("upstream_unavailable", upstream_text(e)),
-            Stop::Llm(e @ LlmError::RateLimited { .. }) => ErrorEvent::new("rate_limited", e.to_string()),
-            Stop::Llm(e @ LlmError::Timeout { .. }) => ErrorEvent::new("upstream_timeout", e.to_string()),
-            Stop::Llm(e @ LlmError::Upstream(_)) => ErrorEvent::new("upstream_error", upstream_text(e)),
+            // The client gets the code and a message without URLs,
+            // addresses or upstream bodies; the log has the detail.
+            Stop::Llm(e) => ErrorEvent::new(upstream_code(e), e.client_message()),
             Stop::MaxIterations(n) => ErrorEvent::new(
                 "max_iterations",
                 format!("the model was still calling tools after {n} rounds; the reply was stopped"),
@@ -67,18 +67,20 @@ impl Stop {
 /// The `kind` label of `chatd_upstream_errors_total`.
 pub(super) fn upstream_kind(e: &LlmError) -> &'static str {
     match e {
-        LlmError::Unavailable(_) => "unavailable",
+        LlmError::Unavailable { .. } => "unavailable",
         LlmError::RateLimited { .. } => "rate_limited",
         LlmError::Timeout { .. } => "timeout",
-        LlmError::Upstream(_) => "upstream_error",
+        LlmError::Upstream { .. } => "upstream_error",
     }
 }
 
-/// The upstream's own words for unavailable/upstream errors (no prefix).
-pub(super) fn upstream_text(e: &LlmError) -> String {
+/// The `error` event code of an upstream failure.
+fn upstream_code(e: &LlmError) -> &'static str {
     match e {
-        LlmError::Unavailable(m) | LlmError::Upstream(m) => m.clone(),
-        other => other.to_string(),
+        LlmError::Unavailable { .. } => "upstream_unavailable",
+        LlmError::RateLimited { .. } => "rate_limited",
+        LlmError::Timeout { .. } => "upstream_timeout",
+        LlmError::Upstream { .. } => "upstream_error",
     }
 }
 

@@ -6,6 +6,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use serde_json::{Map, json};
 
+use super::exposure::Exposure;
 use super::{Begin, Generation, Round, Stop};
 use crate::chat::assemble::{ToolCallAssembler, make_ids_unique};
 use crate::chat::history;
@@ -51,6 +52,7 @@ impl Generation {
         // Every tool-call id of this reply so far: approvals, results and the
         // tool messages are keyed by id, so a reused id is renamed first.
         let mut call_ids = std::collections::HashSet::new();
+        let mut exposure = Exposure::new(messages.len());
 
         for round in 0..max_rounds {
             rec.next_round(round);
@@ -74,7 +76,7 @@ impl Generation {
                 reasoning_content: round_reasoning(rec, round),
                 tool_calls: calls.clone(),
             });
-            Box::pin(self.run_tools(&calls, rec, messages)).await?;
+            Box::pin(self.run_tools(&calls, rec, messages, &mut exposure)).await?;
         }
         Err(Stop::MaxIterations(max_rounds))
     }
@@ -213,8 +215,8 @@ impl Generation {
             usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
         }
         if !saw_done && finish_reason.is_none() {
-            return Err(Stop::Llm(LlmError::Upstream(
-                "the stream ended before the reply finished (no finish_reason and no [DONE])".into(),
+            return Err(Stop::Llm(LlmError::upstream(
+                "the stream ended before the reply finished (no finish_reason and no [DONE])",
             )));
         }
         Ok(Round {

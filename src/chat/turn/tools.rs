@@ -4,6 +4,7 @@
 
 use futures::StreamExt;
 
+use super::exposure::Exposure;
 use super::{Generation, Stop};
 use crate::chat::log::Decision;
 use crate::chat::steps::StepRecorder;
@@ -16,24 +17,26 @@ impl Generation {
     /// Runs a round's calls, publishing each result (in call order) and
     /// appending it to the history. Calls whose tool asks for approval first
     /// emit a `tool_approval` step and wait for the user's decision (a denial
-    /// or no answer in time becomes a failed result). Cancelling drops (and
-    /// so aborts) the calls still running.
+    /// or no answer in time becomes a failed result); so do calls that could
+    /// carry private data out once the model has seen some (`exposure`; a
+    /// `fetch_url` to an untrusted host), with the reason in the step.
+    /// Cancelling drops (and so aborts) the calls still running.
     pub(super) async fn run_tools(
         &self,
         calls: &[ToolCall],
         rec: &mut StepRecorder,
         messages: &mut Vec<RequestMessage>,
+        exposure: &mut Exposure,
     ) -> Result<(), Stop> {
         let config = &self.deps.config.tools;
         let mut outcomes: Vec<Option<ToolOutcome>> = vec![None; calls.len()];
         let mut approved = Vec::new();
         let mut waiting = Vec::new();
         for (i, call) in calls.iter().enumerate() {
-            let asks = self.enabled_tools.contains(&call.function.name)
-                && self.deps.tools.approval(&call.function.name) == Approval::Ask;
-            if asks {
+            let asks = self.approval_needed(call, messages, exposure);
+            if let Some(reason) = asks {
                 let rx = self.reply.await_approval(&call.id);
-                let event = rec.tool_approval(call);
+                let event = rec.tool_approval(call, reason);
                 self.emit(rec, event);
                 waiting.push((i, rx));
             } else {
@@ -87,6 +90,7 @@ impl Generation {
         let mut next_to_emit = 0;
         loop {
             while let Some(Some(outcome)) = outcomes.get_mut(next_to_emit).map(Option::take) {
+                exposure.note(&self.deps.tools, &calls[next_to_emit].function.name, outcome.success);
                 self.publish_result(&calls[next_to_emit], outcome, rec, messages);
                 next_to_emit += 1;
             }
@@ -103,6 +107,27 @@ impl Generation {
             };
             outcomes[approved[j]] = Some(outcome);
         }
+    }
+
+    /// Whether `call` waits for approval: `None` when it runs at once,
+    /// `Some(None)` when its tool's policy is to ask, `Some(Some(reason))`
+    /// when it could carry out private data the model has seen.
+    fn approval_needed(
+        &self,
+        call: &ToolCall,
+        messages: &[RequestMessage],
+        exposure: &mut Exposure,
+    ) -> Option<Option<String>> {
+        let name = &call.function.name;
+        if !self.enabled_tools.contains(name) {
+            return None;
+        }
+        let tools = &self.deps.tools;
+        if tools.approval(name) == Approval::Ask {
+            return Some(None);
+        }
+        let reason = tools.asks_after_private_read(name, &call.function.arguments, &self.deps.config.tools)?;
+        exposure.seen(tools, messages).then_some(Some(reason))
     }
 
     /// Emits one tool result (and its sources) and adds it to the history.

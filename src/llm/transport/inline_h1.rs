@@ -16,9 +16,9 @@ use crate::llm::request::ChatHttpRequest;
 pub(super) async fn send(h1: &H1Pool, request: ChatHttpRequest<'_>) -> Result<Answer, LlmError> {
     let mut http_request = http::Request::post(request.url)
         .body(Full::new(request.body))
-        .map_err(|e| LlmError::Unavailable(format!("cannot build the request: {e}")))?;
+        .map_err(|e| LlmError::unavailable(format!("cannot build the request: {e}")))?;
     *http_request.headers_mut() = request.headers;
-    let (parts, body) = h1.send(http_request).await.map_err(LlmError::Unavailable)?;
+    let (parts, body) = h1.send(http_request).await.map_err(LlmError::unavailable)?;
     Ok(Answer {
         status: parts.status,
         headers: parts.headers,

@@ -4,8 +4,8 @@
 use futures::StreamExt;
 
 use super::Answer;
+use crate::domain::error_chain;
 use crate::llm::LlmError;
-use crate::llm::errors::describe_error;
 use crate::llm::pool::{HttpPool, LaneGuard};
 use crate::llm::request::ChatHttpRequest;
 
@@ -24,7 +24,7 @@ pub(super) async fn send(http: &HttpPool, shared: bool, request: ChatHttpRequest
         .body(request.body)
         .send()
         .await
-        .map_err(|e| LlmError::Unavailable(describe_error(&e)))?;
+        .map_err(|e| LlmError::unavailable(error_chain(&e)))?;
     Ok(Answer::from_reqwest(response, lane))
 }
 
@@ -35,10 +35,7 @@ impl Answer {
         Self {
             status: response.status(),
             headers: response.headers().clone(),
-            body: response
-                .bytes_stream()
-                .map(|r| r.map_err(|e| describe_error(&e)))
-                .boxed(),
+            body: response.bytes_stream().map(|r| r.map_err(|e| error_chain(&e))).boxed(),
             lane,
         }
     }

@@ -7,6 +7,7 @@ use reqwest::{StatusCode, Url};
 use super::FetchError;
 use super::guard::{Target, check_target};
 use crate::config::FetchConfig;
+use crate::domain::error_chain;
 
 /// What the request accepts, in order of preference.
 const ACCEPT_VALUE: &str = "text/html,application/xhtml+xml,text/*;q=0.9,application/json;q=0.9";
@@ -69,7 +70,7 @@ pub(super) async fn fetch(mut url: Url, config: &FetchConfig) -> Result<Fetched,
         let client = client_for(target)?;
         let request_error = |e: reqwest::Error| FetchError::Request {
             url: url.to_string(),
-            reason: describe_reqwest(&e),
+            reason: error_chain(&e),
         };
         let response = client
             .get(url.clone())
@@ -128,7 +129,7 @@ fn client_for(target: Target) -> Result<reqwest::Client, FetchError> {
     if let Some((host, addrs)) = target.pin {
         builder = builder.resolve_to_addrs(&host, &addrs);
     }
-    builder.build().map_err(|e| FetchError::Client(describe_reqwest(&e)))
+    builder.build().map_err(|e| FetchError::Client(error_chain(&e)))
 }
 
 /// The redirect statuses that are followed (with a GET).
@@ -192,19 +193,6 @@ async fn read_limited(mut response: reqwest::Response, max: usize) -> Result<(Ve
         }
     }
     Ok((body, false))
-}
-
-/// A reqwest error with its chain of causes.
-fn describe_reqwest(e: &reqwest::Error) -> String {
-    use std::error::Error;
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -32,9 +32,7 @@ pub(super) struct Target {
 pub(super) async fn check_target(url: &Url, allow_hosts: &[String]) -> Result<Target, FetchError> {
     let host = url.host_str().unwrap_or_default();
     let bare = unbracket(host);
-    let allowed = allow_hosts
-        .iter()
-        .any(|h| unbracket(h.trim()).eq_ignore_ascii_case(bare));
+    let allowed = is_allowed(host, allow_hosts);
     if let Ok(ip) = bare.parse::<IpAddr>() {
         // An IP literal is connected to as it is: nothing to resolve or pin.
         let class = classify(ip);
@@ -72,6 +70,15 @@ pub(super) async fn check_target(url: &Url, allow_hosts: &[String]) -> Result<Ta
     Ok(Target {
         pin: Some((bare.to_string(), addrs)),
     })
+}
+
+/// Whether `host` (a URL's host, IPv6 in brackets or not) is in
+/// `allow_hosts`: exact, case-insensitive, brackets optional around IPv6.
+pub(super) fn is_allowed(host: &str, allow_hosts: &[String]) -> bool {
+    let bare = unbracket(host);
+    allow_hosts
+        .iter()
+        .any(|h| unbracket(h.trim()).eq_ignore_ascii_case(bare))
 }
 
 /// A host without the brackets of an IPv6 literal (`[::1]` -> `::1`).

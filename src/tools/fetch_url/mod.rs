@@ -43,7 +43,7 @@ use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
 use super::{Tool, ToolContext, ToolError, ToolOutput};
-use crate::config::FetchConfig;
+use crate::config::{FetchConfig, ToolsConfig};
 
 pub use error::FetchError;
 
@@ -76,6 +76,12 @@ impl Tool for FetchUrl {
         })
     }
 
+    /// A URL can carry whatever the model read (in its path or query), so
+    /// after a private read a fetch asks first unless its host is trusted.
+    fn asks_after_private_read(&self, arguments: &Value, config: &ToolsConfig) -> Option<String> {
+        asks_after_private_read(arguments, &config.fetch)
+    }
+
     fn call(&self, ctx: ToolContext, arguments: Value) -> BoxFuture<'static, Result<ToolOutput, ToolError>> {
         let url = arguments
             .get("url")
@@ -85,6 +91,24 @@ impl Tool for FetchUrl {
         let config = ctx.config.fetch.clone();
         async move { fetch_url(&url, &config).await.map_err(ToolError::from) }.boxed()
     }
+}
+
+/// Why a fetch of `arguments.url` waits for approval after a private read:
+/// `config.approve_after_private_read` is on and the URL's host is not in
+/// `config.allow_hosts`. `None` for a trusted host, with the setting off,
+/// or for a URL that is refused before anything is sent.
+fn asks_after_private_read(arguments: &Value, config: &FetchConfig) -> Option<String> {
+    if !config.approve_after_private_read {
+        return None;
+    }
+    let url = fetch::parse_url(arguments.get("url")?.as_str()?).ok()?;
+    let host = url.host_str()?;
+    (!guard::is_allowed(host, &config.allow_hosts)).then(|| {
+        format!(
+            "this reply has read workspace or document data, and the request to {host} could carry it out; {host} \
+             is not in tools.fetch.allow_hosts"
+        )
+    })
 }
 
 /// Fetches `url` with the limits and allow list of `config` and renders the
