@@ -264,3 +264,45 @@ fn llm_transport_is_auto_or_reqwest_from_the_file_or_the_env() {
     let err = Config::load_with_env(None, env(&[("CHATD_LLM_TRANSPORT", "inline")])).expect_err("unknown transport");
     assert!(err.to_string().contains("`reqwest`"), "{err}");
 }
+
+#[test]
+fn reply_bounds_have_defaults_and_refuse_zero() {
+    let c = Config::load_with_env(None, env(&[])).expect("defaults load");
+    assert_eq!(c.chat.max_tokens_ceiling, 32_768);
+    assert_eq!(c.chat.default_max_tokens, None);
+    assert_eq!(c.chat.max_reply_ms, 600_000);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(
+        &dir,
+        "[chat]\nmax_tokens_ceiling = 100\ndefault_max_tokens = 100\nmax_reply_ms = 1\n",
+    );
+    let c = Config::load_with_env(Some(&path), env(&[])).expect("load");
+    assert_eq!(
+        (
+            c.chat.max_tokens_ceiling,
+            c.chat.default_max_tokens,
+            c.chat.max_reply_ms
+        ),
+        (100, Some(100), 1)
+    );
+    let cases = [
+        (
+            "[chat]\nmax_tokens_ceiling = 0\n",
+            "chat.max_tokens_ceiling must be at least 1",
+        ),
+        ("[chat]\nmax_reply_ms = 0\n", "chat.max_reply_ms must be at least 1"),
+        (
+            "[chat]\ndefault_max_tokens = 0\n",
+            "chat.default_max_tokens must be at least 1",
+        ),
+        (
+            "[chat]\nmax_tokens_ceiling = 10\ndefault_max_tokens = 11\n",
+            "chat.default_max_tokens (11) must be at most chat.max_tokens_ceiling (10)",
+        ),
+    ];
+    for (text, needle) in cases {
+        let path = write(&dir, text);
+        let err = Config::load_with_env(Some(&path), env(&[])).expect_err(text);
+        assert!(err.to_string().contains(needle), "{text:?}: {err}");
+    }
+}
