@@ -11,7 +11,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use support::TestApp;
 use support::mock::{self, MockUpstream};
-use support::sse::{SseEvent, shape};
+use support::sse::{SseEvent, rest, shape};
 use support::tools::{Launch, Sleeps, registry_with};
 
 fn start_event(events: &[SseEvent]) -> (String, String, Value) {
@@ -210,4 +210,57 @@ async fn max_tokens_sent_upstream_is_the_default_or_at_most_the_ceiling() {
         (&sent[1]["max_tokens"], &sent[2]["max_tokens"]),
         (&json!(2000), &json!(300))
     );
+}
+
+/// `GET /metrics` as text.
+async fn metrics_page(app: &TestApp) -> String {
+    let r = app.http.get(app.url("/metrics")).send().await.expect("GET /metrics");
+    r.text().await.expect("text")
+}
+
+/// The value of the unlabelled metric `name` in a `/metrics` page.
+fn metric(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// While the database is locked by another connection, a streaming reply
+/// waits at `chat.writer_queue_events` queued writes: `/metrics` shows the
+/// queue depth at the bound and a backpressure wait. Once the lock is
+/// gone, the reply ends and every event is stored exactly as streamed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_database_slows_the_reply_at_the_queue_bound_and_metrics_show_it() {
+    const BOUND: f64 = 4.0;
+    let upstream = MockUpstream::start().await;
+    upstream.push(mock::slow_text(30, 10));
+    let app = TestApp::start_tweaked(&upstream.base_url, |c| c.chat.writer_queue_events = BOUND as usize).await;
+    let page = metrics_page(&app).await;
+    assert_eq!(metric(&page, "chatd_store_queue_depth"), Some(0.0), "{page}");
+
+    let mut stream = app.stream_chat(json!({"message": "hi", "tools": false})).await;
+    let start = support::sse::next(&mut stream).await;
+    let id = start.message_id();
+    let db = app.db().await;
+    let mut lock = db.acquire().await.expect("connection");
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut *lock).await.expect("lock");
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    let page = metrics_page(&app).await;
+    let depth = metric(&page, "chatd_store_queue_depth").expect("gauge");
+    // The bound, plus at most the one event of the chunk read before the
+    // reply saw the queue full.
+    assert!((BOUND..=BOUND + 1.0).contains(&depth), "depth {depth}");
+    assert!(
+        metric(&page, "chatd_store_backpressure_waits_total").is_some_and(|n| n >= 1.0),
+        "{page}"
+    );
+    assert_eq!(app.message_row(&id).await["status"], "streaming");
+
+    sqlx::query("COMMIT").execute(&mut *lock).await.expect("unlock");
+    let mut live = vec![start];
+    live.extend(rest(&mut stream).await);
+    assert_eq!(live.last().map(|e| e.event.as_str()), Some("done"));
+    assert_eq!(live.len(), 32, "start, 30 deltas, done");
+    let row = app.wait_final(&id).await;
+    assert_eq!(row["content"], mock::full_text(30));
+    assert_eq!(app.stored_events(&id).await, shape(&live));
 }

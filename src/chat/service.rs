@@ -122,6 +122,12 @@ impl ChatService {
         Ok(self.deps.store.ping().await?)
     }
 
+    /// Writes queued for the database and not yet committed (the
+    /// `chatd_store_queue_depth` gauge).
+    pub fn store_queue_depth(&self) -> u64 {
+        self.deps.store.queue_depth()
+    }
+
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.deps.config

@@ -48,6 +48,15 @@ pub struct ChatConfig {
     /// `error` event of code `reply_timeout`; its partial content is stored
     /// with status `error`.
     pub max_reply_ms: u64,
+    /// Most writes (mostly reply events) queued for the database and not
+    /// yet committed. At the bound, each streaming reply waits before it
+    /// reads its next upstream chunk until the writer has caught up, so a
+    /// stalled database slows generation instead of growing memory; no
+    /// event is dropped, and new turns, final replies and flushes are never
+    /// held. The queue can pass the bound by the events of one upstream
+    /// chunk per streaming reply. The default is far above a normal burst:
+    /// the writer commits whatever is queued every 100 ms.
+    pub writer_queue_events: usize,
 }
 
 /// What happens to a reply when its HTTP client goes away.
@@ -74,14 +83,15 @@ impl Default for ChatConfig {
             max_tokens_ceiling: 32_768,
             default_max_tokens: None,
             max_reply_ms: 600_000,
+            writer_queue_events: 65_536,
         }
     }
 }
 
 impl ChatConfig {
     /// Checks that `max_iterations`, `flush_interval_ms`,
-    /// `keepalive_interval_ms`, `max_tokens_ceiling` and `max_reply_ms` are at
-    /// least 1, and `default_max_tokens` (when set) between 1 and
+    /// `keepalive_interval_ms`, `max_tokens_ceiling`, `max_reply_ms` and
+    /// `writer_queue_events` are at least 1, and `default_max_tokens` (when set) between 1 and
     /// `max_tokens_ceiling`. Errors: [`ConfigError::Invalid`] naming the
     /// setting.
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
@@ -99,6 +109,9 @@ impl ChatConfig {
         }
         if self.max_reply_ms == 0 {
             return invalid("chat.max_reply_ms must be at least 1");
+        }
+        if self.writer_queue_events == 0 {
+            return invalid("chat.writer_queue_events must be at least 1");
         }
         match self.default_max_tokens {
             Some(0) => return invalid("chat.default_max_tokens must be at least 1 (or left out: none is sent)"),

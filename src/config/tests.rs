@@ -271,10 +271,11 @@ fn reply_bounds_have_defaults_and_refuse_zero() {
     assert_eq!(c.chat.max_tokens_ceiling, 32_768);
     assert_eq!(c.chat.default_max_tokens, None);
     assert_eq!(c.chat.max_reply_ms, 600_000);
+    assert_eq!(c.chat.writer_queue_events, 65_536);
     let dir = tempfile::tempdir().expect("tempdir");
     let path = write(
         &dir,
-        "[chat]\nmax_tokens_ceiling = 100\ndefault_max_tokens = 100\nmax_reply_ms = 1\n",
+        "[chat]\nmax_tokens_ceiling = 100\ndefault_max_tokens = 100\nmax_reply_ms = 1\nwriter_queue_events = 1\n",
     );
     let c = Config::load_with_env(Some(&path), env(&[])).expect("load");
     assert_eq!(
@@ -291,6 +292,10 @@ fn reply_bounds_have_defaults_and_refuse_zero() {
             "chat.max_tokens_ceiling must be at least 1",
         ),
         ("[chat]\nmax_reply_ms = 0\n", "chat.max_reply_ms must be at least 1"),
+        (
+            "[chat]\nwriter_queue_events = 0\n",
+            "chat.writer_queue_events must be at least 1",
+        ),
         (
             "[chat]\ndefault_max_tokens = 0\n",
             "chat.default_max_tokens must be at least 1",
