@@ -71,7 +71,7 @@ impl App {
 
     /// Like [`App::build`] with a caller-supplied tool registry.
     pub async fn build_with_tools(config: Config, tools: ToolRegistry) -> Result<Self, AppError> {
-        let store = crate::store::open(&config.database_url).await?;
+        let store = crate::store::open(&config.database_url, config.chat.writer_queue_events).await?;
         let interrupted = store.mark_interrupted().await?;
         if interrupted > 0 {
             tracing::warn!(

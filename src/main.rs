@@ -117,7 +117,7 @@ async fn run(cli: Cli, mut config: Config) -> Result<(), Box<dyn std::error::Err
             }
         }
         Command::Migrate => {
-            chatd::store::open(&config.database_url).await?;
+            chatd::store::open(&config.database_url, config.chat.writer_queue_events).await?;
             println!("database {} is migrated", config.database_url);
             Ok(())
         }
@@ -146,6 +146,7 @@ async fn serve(config: Config) -> Result<(), AppError> {
     let listener = chatd::http::serve::bind(addr, backlog).map_err(|source| AppError::Bind { addr, source })?;
     tracing::info!(%addr, %upstream, model = %model, "chatd listening");
     if let Some(metrics_addr) = metrics_listen {
+        let chat = app.chat.clone();
         let metrics_listener = chatd::http::serve::bind(metrics_addr, backlog).map_err(|source| AppError::Bind {
             addr: metrics_addr,
             source,
@@ -154,7 +155,7 @@ async fn serve(config: Config) -> Result<(), AppError> {
         tokio::spawn(async move {
             let served = serve_http(
                 metrics_listener,
-                chatd::http::metrics_router(),
+                chatd::http::metrics_router(chat),
                 limits,
                 std::future::pending(),
             );

@@ -10,27 +10,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use support::TestApp;
 use support::mock::{self, MockUpstream, full_text, slow_text};
-use support::sse::{SseEvent, next, rest};
-
-/// The events as stored, in the shape the live stream had: `(id, event,
-/// data)` per event.
-async fn stored_events(app: &TestApp, message_id: &str) -> Vec<(String, String, Value)> {
-    app.chat
-        .store()
-        .reply_events(message_id.parse().expect("uuid"))
-        .await
-        .expect("stored events")
-        .into_iter()
-        .map(|(seq, name, data)| (seq.to_string(), name, serde_json::from_str(&data).expect("JSON")))
-        .collect()
-}
-
-fn shape(events: &[SseEvent]) -> Vec<(String, String, Value)> {
-    events
-        .iter()
-        .map(|e| (e.id.clone(), e.event.clone(), e.data.clone()))
-        .collect()
-}
+use support::sse::{next, rest, shape};
 
 /// Item 1: deleting a conversation while its reply streams cancels that
 /// reply, and costs none of the 29 other streaming replies a stored event.
@@ -83,10 +63,10 @@ async fn deleting_a_streaming_conversation_cancels_it_and_every_other_reply_is_s
     app.chat.store().flush().await;
     for live in lives {
         let id = live[0].message_id();
-        assert_eq!(stored_events(&app, &id).await, shape(&live), "reply {id}");
+        assert_eq!(app.stored_events(&id).await, shape(&live), "reply {id}");
         assert_eq!(app.message_row(&id).await["content"], full_text(40));
     }
-    assert!(stored_events(&app, doomed_start.message_id().as_str()).await.is_empty());
+    assert!(app.stored_events(doomed_start.message_id().as_str()).await.is_empty());
 }
 
 /// Item 2: a request's model name and a model's tool name never become

@@ -42,14 +42,22 @@ pub struct ConversationService {
     /// The replies in memory, shared with [`super::ChatService`]: a delete
     /// cancels the conversation's running reply first.
     replies: Arc<ReplyRegistry>,
+    /// `chat.max_tokens_ceiling`: the largest `max_tokens` a conversation
+    /// may store.
+    max_tokens_ceiling: u32,
 }
 
 impl ConversationService {
     /// A service over `store`, sharing the reply registry of the
     /// [`super::ChatService`] that made it (see
-    /// [`super::ChatService::conversations`]).
-    pub(super) fn new(store: Arc<dyn Store>, replies: Arc<ReplyRegistry>) -> Self {
-        Self { store, replies }
+    /// [`super::ChatService::conversations`]); `max_tokens_ceiling` is
+    /// `chat.max_tokens_ceiling`.
+    pub(super) fn new(store: Arc<dyn Store>, replies: Arc<ReplyRegistry>, max_tokens_ceiling: u32) -> Self {
+        Self {
+            store,
+            replies,
+            max_tokens_ceiling,
+        }
     }
 
     /// The page size for a requested `limit`: 1..=200, default 50.
@@ -89,14 +97,17 @@ impl ConversationService {
     /// [`validate_settings`]) or a bad `project_id`; [`ChatError::Store`].
     pub async fn create(&self, new: NewConversation) -> Result<Conversation, ChatError> {
         validate_length("title", new.title.as_deref(), MAX_TITLE_BYTES)?;
-        validate_settings(&SettingsInput {
-            model: new.model.clone(),
-            provider: new.provider.clone(),
-            system_prompt: new.system_prompt.clone(),
-            temperature: new.temperature,
-            max_tokens: new.max_tokens,
-            thinking: None,
-        })?;
+        validate_settings(
+            &SettingsInput {
+                model: new.model.clone(),
+                provider: new.provider.clone(),
+                system_prompt: new.system_prompt.clone(),
+                temperature: new.temperature,
+                max_tokens: new.max_tokens,
+                thinking: None,
+            },
+            self.max_tokens_ceiling,
+        )?;
         if let Some(project) = &new.project_id {
             validate_project_id(project)?;
         }
@@ -120,14 +131,17 @@ impl ConversationService {
     /// [`ChatError::ConversationNotFound`]; [`ChatError::Store`].
     pub async fn patch(&self, id: Uuid, patch: ConversationPatch) -> Result<Conversation, ChatError> {
         validate_length("title", patch.title.clone().flatten().as_deref(), MAX_TITLE_BYTES)?;
-        validate_settings(&SettingsInput {
-            model: patch.model.clone().flatten(),
-            provider: patch.provider.clone().flatten(),
-            system_prompt: patch.system_prompt.clone().flatten(),
-            temperature: patch.temperature.flatten(),
-            max_tokens: patch.max_tokens.flatten(),
-            thinking: None,
-        })?;
+        validate_settings(
+            &SettingsInput {
+                model: patch.model.clone().flatten(),
+                provider: patch.provider.clone().flatten(),
+                system_prompt: patch.system_prompt.clone().flatten(),
+                temperature: patch.temperature.flatten(),
+                max_tokens: patch.max_tokens.flatten(),
+                thinking: None,
+            },
+            self.max_tokens_ceiling,
+        )?;
         self.store
             .update_conversation(id, patch)
             .await?

@@ -106,12 +106,13 @@ pub fn validate_length(field: &str, value: Option<&str>, max: usize) -> Result<(
 }
 
 /// Checks the ranges and lengths of settings (shared by chat and
-/// conversation routes): temperature 0..=2, `max_tokens` at least 1, `model`
-/// and `provider` not blank and at most [`MAX_NAME_BYTES`], `system_prompt`
-/// at most [`MAX_SYSTEM_PROMPT_BYTES`].
+/// conversation routes): temperature 0..=2, `max_tokens` from 1 to
+/// `max_tokens_ceiling` (`chat.max_tokens_ceiling`), `model` and `provider`
+/// not blank and at most [`MAX_NAME_BYTES`], `system_prompt` at most
+/// [`MAX_SYSTEM_PROMPT_BYTES`].
 ///
 /// Errors: [`ChatError::Invalid`] saying which value to fix.
-pub fn validate_settings(s: &SettingsInput) -> Result<(), ChatError> {
+pub fn validate_settings(s: &SettingsInput, max_tokens_ceiling: u32) -> Result<(), ChatError> {
     validate_length("model", s.model.as_deref(), MAX_NAME_BYTES)?;
     validate_length("provider", s.provider.as_deref(), MAX_NAME_BYTES)?;
     validate_length("system_prompt", s.system_prompt.as_deref(), MAX_SYSTEM_PROMPT_BYTES)?;
@@ -122,8 +123,14 @@ pub fn validate_settings(s: &SettingsInput) -> Result<(), ChatError> {
             "temperature must be between 0 and 2, got {t}"
         )));
     }
-    if s.max_tokens == Some(0) {
-        return Err(ChatError::Invalid("max_tokens must be at least 1".into()));
+    match s.max_tokens {
+        Some(0) => return Err(ChatError::Invalid("max_tokens must be at least 1".into())),
+        Some(n) if n > max_tokens_ceiling => {
+            return Err(ChatError::Invalid(format!(
+                "max_tokens must be at most {max_tokens_ceiling}, got {n}"
+            )));
+        }
+        _ => {}
     }
     if s.provider.as_deref().is_some_and(|p| p.trim().is_empty()) {
         return Err(ChatError::Invalid(

@@ -103,7 +103,11 @@ impl ChatService {
 
     /// The conversation routes' service over the same store and replies.
     pub fn conversations(&self) -> ConversationService {
-        ConversationService::new(self.deps.store.clone(), self.replies.clone())
+        ConversationService::new(
+            self.deps.store.clone(),
+            self.replies.clone(),
+            self.deps.config.chat.max_tokens_ceiling,
+        )
     }
 
     /// The store.
@@ -116,6 +120,12 @@ impl ChatService {
     /// Errors: [`ChatError::Store`] when it does not.
     pub async fn ready(&self) -> Result<(), ChatError> {
         Ok(self.deps.store.ping().await?)
+    }
+
+    /// Writes queued for the database and not yet committed (the
+    /// `chatd_store_queue_depth` gauge).
+    pub fn store_queue_depth(&self) -> u64 {
+        self.deps.store.queue_depth()
     }
 
     /// The configuration.
@@ -171,7 +181,7 @@ impl ChatService {
                 config.chat.max_message_chars
             )));
         }
-        validate_settings(&input.settings)?;
+        validate_settings(&input.settings, config.chat.max_tokens_ceiling)?;
         let enabled = self.enabled_tools(&input.tools)?;
         if let Some(ToolChoice::Function(name)) = &input.tool_choice
             && !enabled.contains(name)
@@ -412,8 +422,12 @@ impl ChatService {
 
     /// Request settings override the conversation's, which override the
     /// configured defaults; the provider and model pick the route (and the
-    /// model, when none is named anywhere, comes from the provider).
+    /// model, when none is named anywhere, comes from the provider). A
+    /// conversation's `max_tokens` above `chat.max_tokens_ceiling` (stored
+    /// before the ceiling was lowered) is sent as the ceiling; without one,
+    /// `chat.default_max_tokens` is sent, if set.
     fn effective(&self, c: &Conversation, s: &SettingsInput) -> Result<(Settings, Route), ChatError> {
+        let chat = &self.deps.config.chat;
         let model = s.model.clone().or_else(|| c.model.clone());
         let provider = s.provider.clone().or_else(|| c.provider.clone());
         let route = self
@@ -433,7 +447,10 @@ impl ChatService {
             provider,
             system_prompt: s.system_prompt.clone().or_else(|| c.system_prompt.clone()),
             temperature: s.temperature.or(c.temperature),
-            max_tokens: s.max_tokens.or(c.max_tokens),
+            max_tokens: s
+                .max_tokens
+                .or(c.max_tokens.map(|n| n.min(chat.max_tokens_ceiling)))
+                .or(chat.default_max_tokens),
             thinking: s.thinking.or(c.thinking),
         };
         Ok((settings, route))

@@ -306,3 +306,50 @@ fn fetch_approval_after_private_reads_is_on_by_default_and_can_be_turned_off() {
     let err = Config::load_with_env(Some(&path), env(&[])).expect_err("not a boolean");
     assert!(err.to_string().contains("approve_after_private_read"), "{err}");
 }
+
+#[test]
+fn reply_bounds_have_defaults_and_refuse_zero() {
+    let c = Config::load_with_env(None, env(&[])).expect("defaults load");
+    assert_eq!(c.chat.max_tokens_ceiling, 32_768);
+    assert_eq!(c.chat.default_max_tokens, None);
+    assert_eq!(c.chat.max_reply_ms, 600_000);
+    assert_eq!(c.chat.writer_queue_events, 65_536);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(
+        &dir,
+        "[chat]\nmax_tokens_ceiling = 100\ndefault_max_tokens = 100\nmax_reply_ms = 1\nwriter_queue_events = 1\n",
+    );
+    let c = Config::load_with_env(Some(&path), env(&[])).expect("load");
+    assert_eq!(
+        (
+            c.chat.max_tokens_ceiling,
+            c.chat.default_max_tokens,
+            c.chat.max_reply_ms
+        ),
+        (100, Some(100), 1)
+    );
+    let cases = [
+        (
+            "[chat]\nmax_tokens_ceiling = 0\n",
+            "chat.max_tokens_ceiling must be at least 1",
+        ),
+        ("[chat]\nmax_reply_ms = 0\n", "chat.max_reply_ms must be at least 1"),
+        (
+            "[chat]\nwriter_queue_events = 0\n",
+            "chat.writer_queue_events must be at least 1",
+        ),
+        (
+            "[chat]\ndefault_max_tokens = 0\n",
+            "chat.default_max_tokens must be at least 1",
+        ),
+        (
+            "[chat]\nmax_tokens_ceiling = 10\ndefault_max_tokens = 11\n",
+            "chat.default_max_tokens (11) must be at most chat.max_tokens_ceiling (10)",
+        ),
+    ];
+    for (text, needle) in cases {
+        let path = write(&dir, text);
+        let err = Config::load_with_env(Some(&path), env(&[])).expect_err(text);
+        assert!(err.to_string().contains(needle), "{text:?}: {err}");
+    }
+}

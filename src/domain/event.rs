@@ -171,8 +171,9 @@ pub struct DoneEvent {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct ErrorEvent {
     /// Stable code: `upstream_unavailable`, `rate_limited`,
-    /// `upstream_timeout`, `upstream_error`, `max_iterations`, `interrupted`
-    /// or `internal`.
+    /// `upstream_timeout`, `upstream_error`, `max_iterations`,
+    /// `reply_timeout` (the reply ran past `chat.max_reply_ms`),
+    /// `interrupted` or `internal`.
     pub code: String,
     pub message: String,
     /// Whether sending the same message again may succeed.

@@ -45,7 +45,9 @@ pub struct ChatBody {
     #[serde(default)]
     #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f64>,
-    /// At least 1.
+    /// Most completion tokens per model round: at least 1 and at most
+    /// `chat.max_tokens_ceiling` (32768 by default; above it: 422
+    /// `validation_failed`).
     #[serde(default)]
     #[schema(minimum = 1, maximum = 4294967295_i64)]
     pub max_tokens: Option<i64>,

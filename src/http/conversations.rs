@@ -86,7 +86,9 @@ pub struct CreateBody {
     #[serde(default)]
     #[schema(minimum = 0, maximum = 2)]
     temperature: Option<f64>,
-    /// At least 1.
+    /// Most completion tokens per model round: at least 1 and at most
+    /// `chat.max_tokens_ceiling` (32768 by default; above it: 422
+    /// `validation_failed`).
     #[serde(default)]
     #[schema(format = Int64, minimum = 1, maximum = 4294967295_i64)]
     max_tokens: Option<u32>,
@@ -184,7 +186,9 @@ pub struct PatchBody {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<f64>, minimum = 0, maximum = 2)]
     temperature: Option<Option<f64>>,
-    /// At least 1.
+    /// Most completion tokens per model round: at least 1 and at most
+    /// `chat.max_tokens_ceiling` (32768 by default; above it: 422
+    /// `validation_failed`).
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<u32>, format = Int64, minimum = 1, maximum = 4294967295_i64)]
     max_tokens: Option<Option<u32>>,

@@ -5,16 +5,23 @@
 //! status}`, `replies_active`, `replies_total{outcome}`,
 //! `time_to_first_token_seconds`, `reply_duration_seconds`,
 //! `tokens_total{model,direction}`, `upstream_errors_total{kind}`,
-//! `tool_calls_total{tool,outcome}`, `db_write_seconds`.
+//! `tool_calls_total{tool,outcome}`, `db_write_seconds`,
+//! `store_queue_depth` (writes queued for the database and not yet
+//! committed, read at each scrape) and `store_backpressure_waits_total`
+//! (times a streaming reply waited for room in that queue).
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use axum::extract::{MatchedPath, Request};
+use std::sync::Arc;
+
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::chat::ChatService;
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -57,12 +64,16 @@ pub fn install() -> Option<PrometheusHandle> {
     operation_id = "metrics",
     tag = "health",
     summary = "Prometheus metrics",
-    description = "Served here unless `http.metrics_listen` puts it on its own address.",
+    description = "Served here unless `http.metrics_listen` puts it on its own address. Among the `chatd_*` metrics: \
+        `chatd_store_queue_depth` (writes queued for the database, read at each scrape) and \
+        `chatd_store_backpressure_waits_total` (waits of streaming replies for room in that queue).",
     security(),
     responses((status = 200, description = "Prometheus text exposition format", body = String,
         content_type = "text/plain; version=0.0.4"))
 )]
-pub async fn render() -> Response {
+pub async fn render(State(chat): State<Arc<ChatService>>) -> Response {
+    // Read now: the writer's thread may be the one stalled.
+    metrics::gauge!("chatd_store_queue_depth").set(chat.store_queue_depth() as f64);
     let body = HANDLE
         .get()
         .and_then(Option::as_ref)

@@ -125,10 +125,17 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The router for a separate metrics address (`http.metrics_listen`).
-pub fn metrics_router() -> Router {
+/// The router for a separate metrics address (`http.metrics_listen`);
+/// `chat` reports the gauges read at scrape time.
+pub fn metrics_router(chat: Arc<ChatService>) -> Router {
     metrics::install();
-    Router::new().route("/metrics", get(metrics::render))
+    Router::new().route("/metrics", get(metrics::render)).with_state(chat)
+}
+
+impl axum::extract::FromRef<AppState> for Arc<ChatService> {
+    fn from_ref(state: &AppState) -> Self {
+        state.chat.clone()
+    }
 }
 
 /// CORS for the configured origins: the frontend may POST `/api/chat` with

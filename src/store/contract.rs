@@ -13,6 +13,10 @@ use uuid::Uuid;
 use super::{FileStamp, FinalReply, IndexedFile, MessageQuery, NewTurn, Store, TerminalEvent};
 use crate::domain::{ConversationPatch, NewConversation, Role, Status};
 
+/// The write-queue bound a backend's factory opens the store with
+/// (`chat.writer_queue_events`).
+pub(crate) const QUEUE_EVENTS: usize = 1024;
+
 /// Generates one `#[tokio::test]` per contract check for a backend.
 macro_rules! store_contract {
     ($factory:path) => {
@@ -21,6 +25,7 @@ macro_rules! store_contract {
             a_turn_is_stored_with_its_events_and_final_state,
             a_turn_in_a_missing_conversation_writes_nothing,
             messages_come_a_page_at_a_time_newest_page_first,
+            a_writer_that_waits_for_room_stays_within_the_bound_and_loses_nothing,
             a_deleted_replys_events_never_cost_another_reply_its_events,
             interrupted_replies_and_pruning,
             documents_index_search_and_forget,
@@ -78,6 +83,12 @@ fn done(seq: u64) -> TerminalEvent {
         name: "done",
         data: Bytes::from_static(b"{\"finish_reason\":\"stop\"}"),
     }
+}
+
+/// Queues event `seq` of `reply`: a `process_step` whose data is `{"n":seq}`.
+fn numbered_event(store: &dyn Store, reply: Uuid, seq: u64) {
+    let data = Bytes::from(format!("{{\"n\":{seq}}}"));
+    store.event(reply, seq, "process_step", data, false);
 }
 
 pub(crate) async fn conversations_create_read_list_patch_delete(store: Arc<dyn Store>) {
@@ -158,13 +169,7 @@ pub(crate) async fn a_turn_is_stored_with_its_events_and_final_state(store: Arc<
     );
 
     for seq in 1..=3u64 {
-        store.event(
-            reply,
-            seq,
-            "process_step",
-            Bytes::from(format!("{{\"n\":{seq}}}")),
-            false,
-        );
+        numbered_event(store.as_ref(), reply, seq);
     }
     store.snapshot(reply, "partial".into(), None, "[]".into());
     store.flush().await;
@@ -266,6 +271,41 @@ pub(crate) async fn messages_come_a_page_at_a_time_newest_page_first(store: Arc<
     assert_eq!(read(page(4, Some(ids[0]), false)).await, Some(Vec::new()));
     assert_eq!(read(page(4, Some(other.user_message_id), false)).await, None);
     assert_eq!(read(page(4, Some(Uuid::now_v7()), false)).await, None);
+}
+
+/// A reply that queues events the way a generation does (awaiting room
+/// whenever the queue is full) never finds more than [`QUEUE_EVENTS`]
+/// writes queued, and every event is stored once, in order, and the
+/// depth is back to 0 once everything is applied.
+pub(crate) async fn a_writer_that_waits_for_room_stays_within_the_bound_and_loses_nothing(store: Arc<dyn Store>) {
+    let first = turn(new_conversation("q").into_conversation(), true, "hello");
+    assert!(store.begin_turn(&first).await.expect("begin"));
+    let reply = first.assistant_message_id;
+    assert_eq!(store.queue_depth(), 0);
+    const EVENTS: u64 = 3 * QUEUE_EVENTS as u64;
+    for seq in 1..=EVENTS {
+        if store.queue_full() {
+            store.queue_room().await;
+        }
+        assert!(!store.queue_full(), "room was made before event {seq}");
+        numbered_event(store.as_ref(), reply, seq);
+        let depth = store.queue_depth();
+        assert!(depth <= QUEUE_EVENTS as u64, "{depth} writes queued at event {seq}");
+    }
+    store
+        .finish(reply, "m", final_reply("all", Status::Complete), done(EVENTS + 1))
+        .await
+        .expect("finish");
+    store.flush().await;
+    assert_eq!(store.queue_depth(), 0, "everything applied");
+    let events = store.reply_events(reply).await.expect("events");
+    let seqs: Vec<u64> = events.iter().map(|e| e.0).collect();
+    assert_eq!(seqs, (1..=EVENTS + 1).collect::<Vec<_>>());
+    assert!(
+        events[..EVENTS as usize]
+            .iter()
+            .all(|(seq, name, data)| name == "process_step" && *data == format!("{{\"n\":{seq}}}"))
+    );
 }
 
 pub(crate) async fn a_turn_in_a_missing_conversation_writes_nothing(store: Arc<dyn Store>) {

@@ -36,14 +36,16 @@ pub use types::{
 };
 
 /// Opens the database at `url`, creating and migrating it: `sqlite://PATH`
-/// (the only backend so far).
+/// (the only backend so far). Streaming replies wait for room once
+/// `queue_events` writes are queued (`chat.writer_queue_events`; see
+/// [`Turns::queue_full`]).
 ///
 /// Errors: [`StoreError::Unsupported`] for another scheme or an in-memory
 /// SQLite database; [`StoreError::Db`] or [`StoreError::Migrate`] when the
 /// database cannot be opened or migrated.
-pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+pub async fn open(url: &str, queue_events: usize) -> Result<Arc<dyn Store>, StoreError> {
     if url.starts_with("sqlite:") {
-        return Ok(Arc::new(sqlite::SqliteStore::open(url).await?));
+        return Ok(Arc::new(sqlite::SqliteStore::open(url, queue_events).await?));
     }
     let scheme = url.split_once(':').map_or(url, |(scheme, _)| scheme);
     Err(StoreError::Unsupported(format!(
@@ -103,7 +105,10 @@ pub trait Conversations: Send + Sync + std::fmt::Debug {
 ///
 /// Events and snapshots are queued, not awaited: a backend gathers them and
 /// writes many replies' at once (never a transaction per token). They reach
-/// the database within about 100 ms, at once when `urgent`.
+/// the database within about 100 ms, at once when `urgent`. The queue is
+/// bounded by backpressure: queueing never waits or drops, but a streaming
+/// reply checks [`Turns::queue_full`] before it reads its next upstream
+/// chunk and, while it is full, awaits [`Turns::queue_room`].
 #[async_trait]
 pub trait Turns: Send + Sync + std::fmt::Debug {
     /// Commits a turn's user message and its `streaming` assistant row in one
@@ -138,6 +143,22 @@ pub trait Turns: Send + Sync + std::fmt::Debug {
 
     /// Waits until everything queued so far is committed (or failed).
     async fn flush(&self);
+
+    /// Whether the write queue is at its bound (`chat.writer_queue_events`
+    /// queued writes): the caller should await [`Turns::queue_room`] before
+    /// queueing more events. Cheap (an atomic load): called per upstream
+    /// chunk.
+    fn queue_full(&self) -> bool;
+
+    /// Waits until the write queue is under its bound: at once when it is,
+    /// else until a commit makes room (or the writer has stopped). Ops
+    /// someone waits for ([`Turns::begin_turn`], [`Turns::finish`],
+    /// [`Turns::flush`]) never wait for room.
+    async fn queue_room(&self);
+
+    /// Writes queued and not yet committed (the `chatd_store_queue_depth`
+    /// gauge).
+    fn queue_depth(&self) -> u64;
 
     /// A conversation's messages, oldest first, but `except` (the reply
     /// being generated), with only what the upstream history needs.

@@ -203,7 +203,7 @@ mod tests {
     #[tokio::test]
     async fn rescan_follows_the_disk() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = crate::store::open(&format!("sqlite://{}", dir.path().join("t.db").display()))
+        let store = crate::store::open(&format!("sqlite://{}", dir.path().join("t.db").display()), 1024)
             .await
             .expect("store");
         let root = dir.path().join("ws");

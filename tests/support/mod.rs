@@ -237,6 +237,19 @@ impl TestApp {
         panic!("message {message_id} still streaming");
     }
 
+    /// The stored events of reply `message_id` (what an exact replay reads),
+    /// in the shape of [`sse::shape`]: `(id, event, data)` per event.
+    pub async fn stored_events(&self, message_id: &str) -> Vec<(String, String, Value)> {
+        self.chat
+            .store()
+            .reply_events(message_id.parse().expect("uuid"))
+            .await
+            .expect("stored events")
+            .into_iter()
+            .map(|(seq, name, data)| (seq.to_string(), name, serde_json::from_str(&data).expect("JSON")))
+            .collect()
+    }
+
     /// The stored message with `id` as the API shows it (via the store).
     pub async fn message_row(&self, id: &str) -> Value {
         let id = uuid::Uuid::parse_str(id).expect("uuid");

@@ -34,6 +34,15 @@ impl SseEvent {
     }
 }
 
+/// Each event as `(id, event, data)`: the shape
+/// [`crate::support::TestApp::stored_events`] reads back from storage.
+pub fn shape(events: &[SseEvent]) -> Vec<(String, String, Value)> {
+    events
+        .iter()
+        .map(|e| (e.id.clone(), e.event.clone(), e.data.clone()))
+        .collect()
+}
+
 /// A live SSE stream, read with [`next`], [`take`] or [`rest`]; a broken
 /// stream or an event that does not parse is a panic.
 pub fn events_of(response: reqwest::Response) -> impl Stream<Item = SseEvent> + Unpin {

@@ -36,6 +36,8 @@ pub(super) enum Stop {
     Cancelled,
     Llm(LlmError),
     MaxIterations(u32),
+    /// The reply ran past `chat.max_reply_ms` (the limit, in ms).
+    ReplyTimeout(u64),
     Internal(String),
     /// The turn could not be committed: the handler answered with the
     /// error, and there is nothing to store or publish.
@@ -58,6 +60,13 @@ impl Stop {
             Stop::MaxIterations(n) => ErrorEvent::new(
                 "max_iterations",
                 format!("the model was still calling tools after {n} rounds; the reply was stopped"),
+            ),
+            Stop::ReplyTimeout(ms) => ErrorEvent::new(
+                "reply_timeout",
+                format!(
+                    "the reply ran longer than the server's limit of {ms} ms (chat.max_reply_ms) and was stopped; \
+                     the partial reply is stored"
+                ),
             ),
             Stop::Internal(m) => ErrorEvent::new("internal", m.clone()),
         })
@@ -185,7 +194,7 @@ impl Generation {
         active.increment(1.0);
         let (base, result) = match Box::pin(self.history()).await {
             Ok(base) => {
-                let (base, result) = self.run_loop(base, &mut rec, &mut usage, begin).await;
+                let (base, result) = self.run_in_time(base, &mut rec, &mut usage, begin, started).await;
                 (Some(base), result)
             }
             // Only a history read from the database fails, and that turn
@@ -204,5 +213,44 @@ impl Generation {
             }
         }
         Box::pin(self.finish(result, base, rec, usage, started, active)).await;
+    }
+
+    /// [`Generation::run_loop`] within `chat.max_reply_ms` of `started`.
+    /// When the time runs out, the reply is cancelled as a cancel does it
+    /// (the upstream request and running tools are dropped, a wait for
+    /// approval ends), and that cancel is reported as
+    /// [`Stop::ReplyTimeout`]. A reply cancelled or interrupted before the
+    /// limit stays so.
+    async fn run_in_time(
+        &self,
+        base: Vec<RequestMessage>,
+        rec: &mut StepRecorder,
+        usage: &mut UsageTotals,
+        begin: Option<Box<Begin>>,
+        started: std::time::Instant,
+    ) -> (Vec<RequestMessage>, Result<String, Stop>) {
+        let limit_ms = self.deps.config.chat.max_reply_ms;
+        let deadline = tokio::time::Instant::from_std(started) + std::time::Duration::from_millis(limit_ms);
+        // Boxed: a timer is large, and the reply's task keeps this future's
+        // size for the whole reply (see `run`).
+        let timer = Box::pin(tokio::time::sleep_until(deadline));
+        let work = self.run_loop(base, rec, usage, begin);
+        tokio::pin!(work);
+        let mut timed_out = false;
+        let (base, result) = tokio::select! {
+            biased;
+            out = &mut work => out,
+            _ = timer => {
+                timed_out = !self.reply.cancel.is_cancelled();
+                self.reply.cancel.cancel();
+                work.await
+            }
+        };
+        match result {
+            Err(Stop::Cancelled) if timed_out && !self.reply.is_interrupted() => {
+                (base, Err(Stop::ReplyTimeout(limit_ms)))
+            }
+            other => (base, other),
+        }
     }
 }

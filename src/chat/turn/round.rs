@@ -166,7 +166,18 @@ impl Generation {
         // stream waits, or when tokio's budget makes it yield.
         let cancelled = cancel.cancelled();
         tokio::pin!(cancelled);
+        let store = &self.deps.store;
         loop {
+            // Backpressure: while the database writer's queue is full, read
+            // no more of the upstream (its events would only queue up). One
+            // atomic load per chunk when it is not.
+            if store.queue_full() {
+                tokio::select! {
+                    biased;
+                    _ = &mut cancelled => return Err(Stop::Cancelled),
+                    _ = store.queue_room() => {}
+                }
+            }
             let item = tokio::select! {
                 biased;
                 item = stream.next() => item,

@@ -203,7 +203,7 @@ mod tests {
     async fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        let store = Store::open(&url).await.expect("open");
+        let store = Store::open(&url, 1024).await.expect("open");
         (dir, store)
     }
 

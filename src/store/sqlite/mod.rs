@@ -67,13 +67,14 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 impl SqliteStore {
     /// Opens (creating if missing) the SQLite database at `url` with WAL,
     /// `synchronous = NORMAL`, a busy timeout and foreign keys on, applies
-    /// pending migrations and starts the [`Writer`] thread.
+    /// pending migrations and starts the [`Writer`] thread, whose queue is
+    /// full at `queue_events` writes (`chat.writer_queue_events`).
     ///
     /// Errors: [`StoreError::Db`] or [`StoreError::Migrate`] when the file
     /// cannot be opened or migrated; [`StoreError::Unsupported`] for an
     /// in-memory database (`sqlite::memory:`), which the writer's own
     /// connection could not see.
-    pub async fn open(url: &str) -> Result<Self, StoreError> {
+    pub async fn open(url: &str, queue_events: usize) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -103,7 +104,11 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("./src/store/sqlite/migrations").run(&write).await?;
-        let writer = Writer::spawn(options.get_filename(), Duration::from_millis(writer::GATHER_MS))?;
+        let writer = Writer::spawn(
+            options.get_filename(),
+            Duration::from_millis(writer::GATHER_MS),
+            queue_events,
+        )?;
         Ok(Self { pool, write, writer })
     }
 
@@ -157,7 +162,9 @@ mod contract_tests {
     async fn fresh() -> (tempfile::TempDir, Arc<dyn Store>) {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite://{}", dir.path().join("contract.db").display());
-        let store = crate::store::open(&url).await.expect("open");
+        let store = crate::store::open(&url, crate::store::contract::QUEUE_EVENTS)
+            .await
+            .expect("open");
         (dir, store)
     }
 
@@ -171,7 +178,7 @@ mod tests {
     #[tokio::test]
     async fn connections_run_with_the_documented_pragmas() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(&format!("sqlite://{}", dir.path().join("p.db").display()))
+        let store = SqliteStore::open(&format!("sqlite://{}", dir.path().join("p.db").display()), 1024)
             .await
             .expect("open");
         // The database runs with the documented pragmas.

@@ -44,6 +44,18 @@ impl Turns for SqliteStore {
         self.writer.flush().await;
     }
 
+    fn queue_full(&self) -> bool {
+        self.writer.queue_full()
+    }
+
+    async fn queue_room(&self) {
+        self.writer.queue_room().await;
+    }
+
+    fn queue_depth(&self) -> u64 {
+        self.writer.queue_depth() as u64
+    }
+
     /// Four columns and no JSON parsed here: a 1,000-message conversation
     /// loads several times faster than through `messages`.
     async fn history(&self, conversation_id: Uuid, except: Uuid) -> Result<Vec<HistoryRow>, StoreError> {

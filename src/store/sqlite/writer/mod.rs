@@ -12,6 +12,10 @@
 //! the connection's thread and back to a tokio worker; on a busy machine
 //! each one waited to be scheduled, and a new chat's commit took 0.6 ms at
 //! C=64 and a streaming batch 11 ms on average at C=512 (BENCHMARKS.md).
+//!
+//! The queue is bounded by backpressure, not by refusing writes (see
+//! [`queue`]): at `chat.writer_queue_events` queued ops, streaming replies
+//! wait before reading more of their upstream until a commit makes room.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -26,11 +30,13 @@ use super::BUSY_TIMEOUT;
 use crate::store::{FinalReply, NewTurn, StoreError, TerminalEvent};
 
 mod apply;
+mod queue;
 #[cfg(test)]
 mod tests;
 
 pub(super) use apply::{FOR_TURN, INSERT_CONVERSATION, conversation_for_turn, parse_event_rows};
 use apply::{apply, commit_turn_now};
+use queue::{Queue, StopOnExit};
 
 /// Most operations applied in one transaction. Large: when replies stream
 /// faster than the writer commits, bigger batches cost less per event (one
@@ -80,17 +86,21 @@ pub struct Writer {
     thread: std::thread::Thread,
     /// The writer's connection, held by the thread while it commits.
     conn: Arc<Mutex<Connection>>,
+    /// Ops queued and not yet applied, against `chat.writer_queue_events`.
+    queue: Arc<Queue>,
 }
 
 impl Writer {
     /// Opens a connection to the database file at `path` (which exists and
     /// is migrated) and starts the writer thread on it; events gather for up
-    /// to `gather` (the store uses [`GATHER_MS`]).
+    /// to `gather` (the store uses [`GATHER_MS`]), and streaming replies
+    /// wait for room at `queue_events` queued ops (`chat.writer_queue_events`;
+    /// see [`Writer::queue_full`]).
     ///
     /// Errors: [`StoreError::Sqlite`] when the file cannot be opened or
     /// configured; [`StoreError::Unsupported`] for an in-memory database,
     /// which a second connection could not see.
-    pub(super) fn spawn(path: &Path, gather: Duration) -> Result<Self, StoreError> {
+    pub(super) fn spawn(path: &Path, gather: Duration, queue_events: usize) -> Result<Self, StoreError> {
         let name = path.to_string_lossy();
         if name.is_empty() || name == ":memory:" || name.starts_with("file:sqlx-in-memory-") {
             return Err(StoreError::Unsupported(
@@ -100,26 +110,57 @@ impl Writer {
             ));
         }
         let conn = Arc::new(Mutex::new(open(path)?));
+        // Unbounded as a channel: `event` is called synchronously from a
+        // reply's log and never waits or drops; `queue` bounds it instead.
         let (tx, rx) = mpsc::unbounded_channel();
+        let queue = Arc::new(Queue::new(queue_events));
         let thread_conn = conn.clone();
+        let thread_queue = queue.clone();
         let handle = std::thread::Builder::new()
             .name("chatd-db-writer".into())
-            .spawn(move || run(&thread_conn, rx, gather))
+            .spawn(move || {
+                let _release = StopOnExit(thread_queue.clone());
+                run(&thread_conn, rx, gather, &thread_queue);
+            })
             .map_err(|e| StoreError::Write(format!("could not start the writer thread: {e}")))?;
         Ok(Self {
             tx,
             thread: handle.thread().clone(),
             conn,
+            queue,
         })
     }
 
+    /// Queues `op` (never waits: see [`Writer::queue_room`]); wakes the
+    /// thread for an urgent op, or when this op filled the queue.
     fn send(&self, op: Op) {
         let urgent = is_urgent(&op);
+        let filled = self.queue.added();
         if self.tx.send(op).is_err() {
+            self.queue.removed(1);
             tracing::error!("the database writer has stopped; a write was dropped");
-        } else if urgent {
+        } else if urgent || filled {
             self.thread.unpark();
         }
+    }
+
+    /// Whether the queue is at its bound (`chat.writer_queue_events`): a
+    /// streaming reply then awaits [`Writer::queue_room`] before it reads
+    /// more of its upstream. One atomic load.
+    pub fn queue_full(&self) -> bool {
+        self.queue.is_full()
+    }
+
+    /// Waits until the queue is under its bound (at once when it is, or
+    /// when the writer has stopped).
+    pub async fn queue_room(&self) {
+        self.queue.room().await;
+    }
+
+    /// Ops (events, snapshots, turns, final replies, flushes) queued and
+    /// not yet applied.
+    pub fn queue_depth(&self) -> usize {
+        self.queue.depth()
     }
 
     /// Queues one reply event (`seq` is its SSE id); an `urgent` one is
@@ -266,7 +307,10 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
 /// streaming reply (which keep gathering until their deadline). A reply's
 /// ops stay together and in order; ops of different replies touch
 /// different rows (a turn's reply has no other ops yet).
-fn run(conn: &Mutex<Connection>, mut rx: mpsc::UnboundedReceiver<Op>, gather: Duration) {
+///
+/// A full `queue` (see [`Writer::queue_full`]) is committed at once, whole:
+/// replies wait for it.
+fn run(conn: &Mutex<Connection>, mut rx: mpsc::UnboundedReceiver<Op>, gather: Duration, queue: &Queue) {
     let mut batch = Vec::with_capacity(1024);
     let mut deadline = None;
     loop {
@@ -285,15 +329,17 @@ fn run(conn: &Mutex<Connection>, mut rx: mpsc::UnboundedReceiver<Op>, gather: Du
                 }
             }
             let now = Instant::now();
-            if now >= due || batch.len() >= MAX_BATCH || batch.iter().any(is_urgent) {
+            if now >= due || batch.len() >= MAX_BATCH || queue.is_full() || batch.iter().any(is_urgent) {
                 break;
             }
             std::thread::park_timeout(due - now);
         }
-        let whole =
-            Instant::now() >= due || batch.len() >= MAX_BATCH || batch.iter().any(|op| matches!(op, Op::Flush(_)));
+        let whole = Instant::now() >= due
+            || batch.len() >= MAX_BATCH
+            || queue.is_full()
+            || batch.iter().any(|op| matches!(op, Op::Flush(_)));
         if whole {
-            commit(&mut lock(conn), &mut batch);
+            commit(&mut lock(conn), &mut batch, queue);
             deadline = None;
             continue;
         }
@@ -302,7 +348,7 @@ fn run(conn: &Mutex<Connection>, mut rx: mpsc::UnboundedReceiver<Op>, gather: Du
         // reply's events gather on until `due`. Committing all of them on
         // each finish wrote a row per streaming reply per finished one.
         let mut waited = take_waited(&mut batch);
-        commit(&mut lock(conn), &mut waited);
+        commit(&mut lock(conn), &mut waited, queue);
         if batch.is_empty() {
             deadline = None;
         }
@@ -336,15 +382,19 @@ fn lock(conn: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
     conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Applies `batch` in one transaction and answers whoever waits on one of
-/// its ops; leaves `batch` empty.
-fn commit(conn: &mut Connection, batch: &mut Vec<Op>) {
+/// Applies `batch` in one transaction, answers whoever waits on one of its
+/// ops and takes them off the `queue`'s depth; leaves `batch` empty.
+fn commit(conn: &mut Connection, batch: &mut Vec<Op>, queue: &Queue) {
+    let ops = batch.len();
     let started = Instant::now();
     let result = apply(conn, batch);
     metrics::histogram!("chatd_db_write_seconds").record(started.elapsed().as_secs_f64());
     if let Err(e) = &result {
         tracing::error!(error = %e, ops = batch.len(), "a database write batch failed");
     }
+    // Before anyone is answered: a flush that returns finds the depth
+    // without what it waited for.
+    queue.removed(ops);
     let mut begun = result.as_ref().map(|b| b.iter()).ok();
     for op in batch.drain(..) {
         match op {

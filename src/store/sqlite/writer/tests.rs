@@ -5,6 +5,9 @@ use crate::domain::{NewConversation, Status};
 use crate::store::sqlite::SqliteStore as Store;
 use crate::store::{Conversations, Replays, Turns, Usage};
 
+/// The queue bound of these tests' writers: more than any of them queues.
+const QUEUE: usize = 65_536;
+
 /// A turn in a new conversation (`create`) or in one never stored.
 fn turn(create: bool) -> NewTurn {
     NewTurn {
@@ -27,7 +30,7 @@ async fn begin(store: &Store) -> Uuid {
 async fn events_are_stored_one_row_per_reply_and_batch_with_the_updates_in_order() {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite://{}", dir.path().join("w.db").display());
-    let store = Store::open(&url).await.expect("open");
+    let store = Store::open(&url, QUEUE).await.expect("open");
     // 200 replies, 50 events each,
     // queued interleaved, snapshots in between, one event queued twice.
     let mut ids = Vec::new();
@@ -81,7 +84,7 @@ async fn events_are_stored_one_row_per_reply_and_batch_with_the_updates_in_order
 async fn a_new_turn_commits_ahead_of_gathered_events_and_nothing_is_lost() {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite://{}", dir.path().join("w.db").display());
-    let store = Store::open(&url).await.expect("open");
+    let store = Store::open(&url, QUEUE).await.expect("open");
     let a = begin(&store).await;
     let writer = store.writer();
     for seq in 1..=10u64 {
@@ -124,12 +127,12 @@ fn final_reply(content: &str) -> FinalReply {
 async fn what_is_waited_on_commits_at_once_and_other_replies_keep_gathering() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("w.db");
-    let store = Store::open(&format!("sqlite://{}", path.display()))
+    let store = Store::open(&format!("sqlite://{}", path.display()), QUEUE)
         .await
         .expect("open");
     // A writer that would gather for a minute: only what someone waits
     // for can be committed before the flush below.
-    let writer = Writer::spawn(&path, std::time::Duration::from_secs(60)).expect("writer");
+    let writer = Writer::spawn(&path, std::time::Duration::from_secs(60), QUEUE).expect("writer");
     let (ta, tb) = (turn(true), turn(true));
     assert!(writer.begin(ta.clone()).await.expect("begin a"));
     assert!(writer.begin(tb.clone()).await.expect("begin b"));
@@ -179,7 +182,7 @@ async fn what_is_waited_on_commits_at_once_and_other_replies_keep_gathering() {
 async fn a_turn_waits_for_a_write_lock_held_elsewhere_without_blocking_the_caller() {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite://{}", dir.path().join("w.db").display());
-    let store = Store::open(&url).await.expect("open");
+    let store = Store::open(&url, QUEUE).await.expect("open");
     // Another connection holds SQLite's write lock: the turn cannot be
     // committed in place, so it is queued for the writer thread, which
     // waits in SQLite's busy handler until the lock is released.
@@ -210,7 +213,7 @@ async fn a_turn_waits_for_a_write_lock_held_elsewhere_without_blocking_the_calle
 async fn a_turn_reads_its_conversation_the_same_on_either_connection() {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite://{}", dir.path().join("w.db").display());
-    let store = Store::open(&url).await.expect("open");
+    let store = Store::open(&url, QUEUE).await.expect("open");
     let mut first = turn(true);
     first.conversation.system_prompt = Some("be brief".into());
     first.conversation.temperature = Some(0.5);
@@ -251,7 +254,7 @@ async fn a_turn_reads_its_conversation_the_same_on_either_connection() {
 
 #[tokio::test]
 async fn an_in_memory_database_is_refused_with_a_clear_error() {
-    let err = Store::open("sqlite::memory:").await.expect_err("in-memory");
+    let err = Store::open("sqlite::memory:", QUEUE).await.expect_err("in-memory");
     assert!(matches!(err, StoreError::Unsupported(_)), "{err:?}");
     assert!(err.to_string().contains("set database_url to a file"), "{err}");
 }
@@ -275,4 +278,78 @@ fn stored_event_lines_parse_back_and_bad_ones_are_corrupt() {
         parse_event_rows(&["nonsense\n".to_string()]),
         Err(StoreError::Corrupt(_))
     ));
+}
+
+/// Issue 21, item 7: while another connection holds SQLite's write lock,
+/// a reply that waits for room (as a generation does) stops at the queue's
+/// bound; a new turn and a flush are queued past it, never held; once the
+/// lock is released, every event lands exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_database_holds_replies_at_the_queue_bound_and_loses_no_event() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const BOUND: usize = 8;
+    const EVENTS: u64 = 40;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("w.db").display());
+    let store = Store::open(&url, BOUND).await.expect("open");
+    let id = begin(&store).await;
+
+    let mut other = store.pool().acquire().await.expect("connection");
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut *other).await.expect("lock");
+    let queued = Arc::new(AtomicU64::new(0));
+    let generation = tokio::spawn({
+        let store = store.clone();
+        let queued = queued.clone();
+        async move {
+            for seq in 1..=EVENTS {
+                if store.queue_full() {
+                    store.queue_room().await;
+                }
+                let data = Bytes::from(format!("{{\"n\":{seq}}}"));
+                store.event(id, seq, "process_step", data, false);
+                queued.store(seq, Ordering::SeqCst);
+            }
+        }
+    });
+    // The writer took the full queue and waits for the lock: the reply
+    // waits at the bound.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        queued.load(Ordering::SeqCst),
+        BOUND as u64,
+        "the reply waits at the bound"
+    );
+    assert!(store.queue_full());
+    assert_eq!(store.queue_depth(), BOUND as u64);
+    // Ops someone waits for are queued past the bound, not held by it.
+    let t = turn(true);
+    let new_turn = tokio::spawn({
+        let store = store.clone();
+        let t = t.clone();
+        async move { store.begin_turn(&t).await }
+    });
+    let flushed = tokio::spawn({
+        let store = store.clone();
+        async move { store.flush().await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(store.queue_depth(), BOUND as u64 + 2, "both queued");
+    assert!(
+        !new_turn.is_finished() && !flushed.is_finished(),
+        "the lock is still held"
+    );
+    assert_eq!(queued.load(Ordering::SeqCst), BOUND as u64);
+
+    sqlx::query("COMMIT").execute(&mut *other).await.expect("unlock");
+    generation.await.expect("generation");
+    assert!(new_turn.await.expect("task").expect("begin"));
+    flushed.await.expect("flush");
+    store.flush().await;
+    assert_eq!(store.queue_depth(), 0);
+    let events = store.reply_events(id).await.expect("events");
+    let expected: Vec<(u64, String, String)> = (1..=EVENTS)
+        .map(|seq| (seq, "process_step".to_string(), format!("{{\"n\":{seq}}}")))
+        .collect();
+    assert_eq!(events, expected, "every event once, in order");
+    assert!(store.message(t.assistant_message_id).await.expect("load").is_some());
 }
