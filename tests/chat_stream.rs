@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use chatd::domain::{Role, Status};
 use serde_json::{Value, json};
-use sqlx::Row;
 use support::TestApp;
 use support::mock::{self, MockResponse, MockUpstream, full_text, slow_text};
 use support::sse::{SseEvent, checked, read_events};
@@ -939,17 +938,10 @@ async fn the_turn_is_stored_when_start_arrives_though_the_upstream_hangs() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(upstream.received().len(), 1);
-    let db = app.db().await;
-    let rows = sqlx::query("SELECT role, content, status FROM messages ORDER BY created_at, rowid")
-        .fetch_all(&db)
-        .await
-        .expect("rows");
-    let rows: Vec<(String, String, String)> = rows
-        .iter()
-        .map(|r| (r.get("role"), r.get("content"), r.get("status")))
-        .collect();
+    assert_eq!(first[0].event, "start");
+    let conversation = first[0].data["conversation_id"].as_str().expect("conversation id");
     assert_eq!(
-        rows,
+        stored_turns(&app, conversation).await,
         [
             ("user".to_string(), "kept".to_string(), "complete".to_string()),
             ("assistant".to_string(), String::new(), "streaming".to_string())
@@ -961,14 +953,24 @@ async fn the_turn_is_stored_when_start_arrives_though_the_upstream_hangs() {
     // (`store::sqlite::tests`).
 }
 
-/// The user messages and replies stored in `conversation`, oldest first.
+/// The user messages and replies stored in `conversation`, oldest first,
+/// as `GET /api/conversations/{id}/messages` gives them: (role, content,
+/// status).
 async fn stored_turns(app: &TestApp, conversation: &str) -> Vec<(String, String, String)> {
-    let db = app.db().await;
-    sqlx::query_as("SELECT role, content, status FROM messages WHERE conversation_id = ? ORDER BY created_at, rowid")
-        .bind(conversation)
-        .fetch_all(&db)
-        .await
-        .expect("rows")
+    let (status, body) = app
+        .get(&format!("/api/conversations/{conversation}/messages?limit=200"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["next_before"], Value::Null, "one page holds them all");
+    body["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| {
+            let text = |k: &str| m[k].as_str().expect(k).to_string();
+            (text("role"), text("content"), text("status"))
+        })
+        .collect()
 }
 
 #[tokio::test]
